@@ -36,10 +36,13 @@ def gzip_bytes(data: bytes, level: int = 6) -> bytes:
 
 def gzip_file(src: Path, dst: Path, level: int = 6) -> None:
     """Stream-compress a large tar file without holding it in memory."""
-    with src.open("rb") as fin, dst.open("wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0) as fout:
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
+    with (
+        src.open("rb") as fin,
+        dst.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0) as fout,
+    ):
+        while chunk := fin.read(1 << 20):
+            fout.write(chunk)
 
 
 def file_sha256(path: Path) -> str:

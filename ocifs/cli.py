@@ -1,0 +1,249 @@
+"""The command line: ``ocifs mount`` and ``ocifs umount``.
+
+``mount`` resolves and indexes the image in the foreground (so every problem is reported as one
+line with a non-zero exit, before anything is attached), mounts it, and then, unless ``-f`` was
+given, leaves a daemon behind that serves the mount and returns. The daemon unmounts cleanly on
+SIGINT or SIGTERM, and ends by itself when the mount is taken away with ``ocifs umount``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import pyfuse3
+import trio
+
+from . import __version__
+from .errors import OcifsError
+from .fuse_ops import ImageOperations
+from .image import Image, load_image
+from .layerio import Progress
+from .layout import LayerRef, Platform, resolve, split_image_arg
+
+logger = logging.getLogger("ocifs")
+
+FSTYPE = "fuse.ocifs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocifs", description="Mount an OCI image layout read-only with FUSE."
+    )
+    parser.add_argument("--version", action="version", version=f"ocifs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser(
+        "mount",
+        help="mount an image",
+        description="Mount the image LAYOUT[:REF|@DIGEST] read-only at MOUNTPOINT.",
+    )
+    mount.add_argument("image", metavar="LAYOUT[:REF|@DIGEST]")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    mount.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
+    )
+    mount.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="FUSE mount options, such as allow_other",
+    )
+    mount.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to choose from an image index (default: this machine's)",
+    )
+    mount.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check layer digests and diff_ids (for layouts you trust)",
+    )
+    mount.add_argument("--debug", action="store_true", help="log every request")
+
+    umount = commands.add_parser("umount", help="unmount an ocifs mount")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s" if debug else "ocifs: %(message)s",
+    )
+    try:
+        if args.command == "mount":
+            return mount(args)
+        return umount(args.mountpoint)
+    except OcifsError as error:
+        print(f"ocifs: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ocifs: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: still one line, unless debugging
+        if debug:
+            raise
+        print(f"ocifs: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+def mount(args: argparse.Namespace) -> int:
+    mountpoint: Path = args.mountpoint
+    if not mountpoint.is_dir():
+        raise OcifsError(f"mountpoint {mountpoint} is not a directory")
+    layout, ref, digest = split_image_arg(args.image)
+    platform = Platform.parse(args.platform) if args.platform else None
+    resolved = resolve(layout, ref, digest, platform)
+    logger.info("resolved %s to manifest %s", args.image, resolved.manifest_digest)
+
+    progress = TerminalProgress(resolved.layers, sys.stderr) if sys.stderr.isatty() else None
+    try:
+        image = load_image(resolved, verify=not args.no_verify, progress=progress)
+    finally:
+        if progress is not None:
+            progress.finish()
+
+    options = mount_options(args.image, args.options)
+    try:
+        pyfuse3.init(ImageOperations(image), str(mountpoint), options)
+    except Exception as error:  # libfuse reports failures as RuntimeError or OSError
+        image.close()
+        raise OcifsError(f"cannot mount at {mountpoint}: {error}") from error
+
+    if not args.foreground and os.fork() != 0:
+        os._exit(0)  # the parent returns once the mount is attached
+    if not args.foreground:
+        detach()
+    serve(image)
+    return 0
+
+
+def mount_options(image: str, extra: list[str]) -> set[str]:
+    """ro and default_permissions always; fsname names the image when it can be an option."""
+    fsname = image if not any(c in image for c in ", \t\n\\") else "ocifs"
+    options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=ocifs"}
+    for group in extra:
+        options.update(option for option in group.split(",") if option)
+    options.discard("rw")
+    return options
+
+
+def detach() -> None:
+    """Become a daemon: own session, no terminal, no working directory held."""
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def serve(image: Image) -> None:
+    """Run the FUSE loop until unmounted or signalled; always unmount and close."""
+    unmount = True
+    try:
+        trio.run(serve_until_stopped)
+    except BaseException:
+        logger.exception("the FUSE loop failed")
+        raise
+    finally:
+        try:
+            pyfuse3.close(unmount=unmount)
+        except Exception:
+            logger.debug("close after unmount", exc_info=True)
+        image.close()
+
+
+async def serve_until_stopped() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            logger.info("got %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def umount(mountpoint: Path) -> int:
+    target = os.path.realpath(mountpoint)
+    fstypes = [
+        fields[2]
+        for fields in (line.split() for line in Path("/proc/self/mounts").read_text().splitlines())
+        if unescape_mount_path(fields[1]) == target
+    ]
+    if not fstypes:
+        raise OcifsError(f"{mountpoint} is not mounted")
+    if fstypes[-1] != FSTYPE:
+        raise OcifsError(f"{mountpoint} is not an ocifs mount (it is {fstypes[-1]})")
+    result = subprocess.run(["fusermount3", "-u", target], capture_output=True, text=True)
+    if result.returncode != 0:
+        message = result.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
+        raise OcifsError(f"cannot unmount {mountpoint}: {message[0]}")
+    return 0
+
+
+def unescape_mount_path(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escaped, plain)
+    return field
+
+
+class TerminalProgress:
+    """One status line on a terminal while layers are indexed: done/total, rate, time left."""
+
+    def __init__(self, layers: Sequence[LayerRef], out: TextIO) -> None:
+        self.out = out
+        self.total = sum(layer.size for layer in layers) or 1
+        self.done = 0
+        self.layers = len(layers)
+        self.started = time.monotonic()
+        self.shown = 0.0
+        self.lock = threading.Lock()
+        self.drawn = False
+
+    def __call__(self, layer: LayerRef) -> Progress:
+        def advance(count: int) -> None:
+            with self.lock:
+                self.done += count
+                now = time.monotonic()
+                if now - self.shown >= 0.2:
+                    self.shown = now
+                    self.draw(now)
+
+        return advance
+
+    def draw(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        self.out.write(
+            f"\rocifs: indexing {self.layers} layer(s): {self.done / 1e6:,.0f}"
+            f" of {self.total / 1e6:,.0f} MB, {rate / 1e6:,.1f} MB/s, {left:,.0f} s left   "
+        )
+        self.out.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.out.write("\r\033[K")
+            self.out.flush()

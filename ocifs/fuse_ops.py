@@ -1,0 +1,197 @@
+"""The pyfuse3 adapter: a protocol translation between the kernel and ``image.Image`` only.
+
+Rules it keeps: only FUSEError leaves a handler (anything else would end the mount); inode
+numbers are the tree's, fixed for the life of the mount; file reads, which may decompress, run
+in a worker thread so a slow read never stalls ``ls``; everything is read-only, and since the
+image never changes, the kernel may cache entries, attributes and pages for as long as it likes.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from .image import Image
+from .layerio import DamagedLayer
+from .tree import Node
+
+logger = logging.getLogger(__name__)
+
+CACHE_TIMEOUT = 24 * 3600.0  # the image is immutable: cache names and attributes for a day
+BLOCK_SIZE = 4096
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def handler(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Turn any unexpected exception into EIO, logged, so that the mount stays up."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class ImageOperations(pyfuse3.Operations):
+    """Serves one ``Image`` read-only."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, image: Image) -> None:
+        super().__init__()
+        self.image = image
+        self.tree = image.tree
+
+    def _node(self, inode: int) -> Node:
+        try:
+            return self.tree.node(inode)
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = node.ino
+        entry.generation = 0
+        entry.entry_timeout = CACHE_TIMEOUT
+        entry.attr_timeout = CACHE_TIMEOUT
+        entry.st_mode = node.mode
+        entry.st_nlink = node.nlink
+        entry.st_uid = node.uid
+        entry.st_gid = node.gid
+        entry.st_rdev = node.rdev
+        entry.st_size = node.size
+        entry.st_blksize = BLOCK_SIZE
+        entry.st_blocks = (stored_bytes(node) + 511) // 512
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = node.mtime_ns
+        return entry
+
+    @handler
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = self.tree.lookup(self._node(parent_inode), name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(node)
+
+    @handler
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Inodes live as long as the mount, so there is nothing to let go of."""
+
+    @handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(self._node(inode))
+
+    @handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if not stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target  # byte for byte, never followed (A1)
+
+    @handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if not self._node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self._node(fh)
+        assert directory.children is not None
+        names = directory.names
+        # Offsets: 0 is ".", 1 is "..", 2 + i is names[i]; next_id is the offset after it.
+        for position in range(start_id, len(names) + 2):
+            if position == 0:
+                name, node = b".", directory
+            elif position == 1:
+                name, node = b"..", self.tree.node(self.tree.parents[directory.ino])
+            else:
+                name = names[position - 2]
+                node = directory.children[name]
+            if not pyfuse3.readdir_reply(token, name, self.attributes(node), position + 1):
+                break
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not stat.S_ISREG(node.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._node(fh)
+        try:
+            return await trio.to_thread.run_sync(self.image.read, node, off, size)
+        except DamagedLayer as error:
+            logger.error("read of inode %d at %d failed: %s", fh, off, error)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    @handler
+    async def release(self, fh: int) -> None:
+        pass
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        xattrs = self._node(inode).xattrs
+        if xattrs is None or name not in xattrs:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return xattrs[name]
+
+    @handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return list(self._node(inode).xattrs or ())
+
+    @handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        data.f_blocks = (self.tree.file_bytes + BLOCK_SIZE - 1) // BLOCK_SIZE
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = len(self.tree)
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # Every way of changing the tree: the mount is read-only (the kernel says so first, with ro).
+
+    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
+    write = create = setxattr = removexattr = _read_only
+
+
+def stored_bytes(node: Node) -> int:
+    """Bytes a file occupies: holes of sparse files take none, as du expects."""
+    if node.sparse is not None:
+        return sum(length for _, length in node.sparse)
+    return node.size

@@ -1,0 +1,366 @@
+"""The merged tree: layers' tar entries replayed into one tree of inodes, as plain data.
+
+Applying a layer happens in two phases, because whiteouts only affect lower layers (W2) and a
+layer's entries may come in any order (M6): first every whiteout and opaque marker of the layer
+is applied to the tree as the lower layers left it, then every other entry in archive order.
+Paths are resolved inside the tree only, never through symlinks and never on the host (P4).
+After the last layer, ``freeze`` numbers the inodes (fixed for the life of the mount; hardlinks
+share one) and lays each directory's names out for ``readdir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .errors import MergeError
+from .tarscan import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
+
+logger = logging.getLogger(__name__)
+
+ROOT_INO = 1
+NAME_MAX = 255
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+AUFS_META_PREFIX = b".wh..wh."  # .wh..wh.plnk, .wh..wh.aufs, .wh..wh.orph: never shown (W6)
+
+FILE_TYPES = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    CHAR: stat.S_IFCHR,
+    BLOCK: stat.S_IFBLK,
+    FIFO: stat.S_IFIFO,
+}
+
+
+class Node:
+    """One inode of the merged tree. Directories have ``children``; hardlinks share a Node."""
+
+    __slots__ = (
+        "children",
+        "gid",
+        "ino",
+        "layer",
+        "mode",
+        "mtime_ns",
+        "names",
+        "nlink",
+        "offset",
+        "rdev",
+        "size",
+        "sparse",
+        "target",
+        "uid",
+        "xattrs",
+    )
+
+    def __init__(self, mode: int, uid: int = 0, gid: int = 0, mtime_ns: int = 0) -> None:
+        self.mode = mode  # full st_mode: file type and permission bits
+        self.uid = uid
+        self.gid = gid
+        self.mtime_ns = mtime_ns
+        self.size = 0
+        self.rdev = 0
+        self.nlink = 1
+        self.xattrs: dict[bytes, bytes] | None = None
+        self.target = b""  # symlink text
+        self.layer = -1  # layer whose blob holds a regular file's data
+        self.offset = 0  # where that data starts in the layer's uncompressed tar stream
+        self.sparse: tuple[tuple[int, int], ...] | None = None
+        self.children: dict[bytes, Node] | None = {} if stat.S_ISDIR(mode) else None
+        self.names: tuple[bytes, ...] = ()  # a directory's children in readdir order (freeze)
+        self.ino = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    def set_attributes(self, entry: TarEntry) -> None:
+        self.mode = FILE_TYPES[entry.kind] | entry.mode
+        self.uid, self.gid, self.mtime_ns = entry.uid, entry.gid, entry.mtime_ns
+        self.xattrs = entry.xattrs or None
+
+
+def implied_directory() -> Node:
+    """A parent that no entry names (M8, M9): 0755, owned by 0:0."""
+    return Node(stat.S_IFDIR | 0o755)
+
+
+def split_path(raw: bytes) -> tuple[bytes, ...]:
+    """Clean a tar name into rootfs-relative components (P1), refusing escapes (P2, P3)."""
+    if b"\0" in raw:
+        raise MergeError(f"path {show(raw)} contains a NUL byte")
+    components: list[bytes] = []
+    for component in raw.split(b"/"):
+        if component in (b"", b"."):
+            continue
+        if component == b"..":
+            if not components:
+                raise MergeError(f"path {show(raw)} escapes the image root")
+            components.pop()
+            continue
+        if len(component) > NAME_MAX:
+            raise MergeError(f"path {show(raw)} has a component longer than {NAME_MAX} bytes")
+        components.append(component)
+    return tuple(components)
+
+
+def show(raw: bytes) -> str:
+    """A path as error messages print it: quoted, undecodable bytes escaped."""
+    return repr(raw.decode("utf-8", "backslashreplace"))
+
+
+@dataclass(frozen=True)
+class Whiteout:
+    """What a ``.wh.`` entry asks for: remove ``parent/name``, or empty ``parent`` (opaque)."""
+
+    parent: tuple[bytes, ...]
+    name: bytes | None  # None for an opaque marker
+
+
+def classify_whiteout(components: tuple[bytes, ...], raw: bytes) -> Whiteout | bool | None:
+    """Whiteout for a ``.wh.`` name, True for AUFS metadata to skip, None for an ordinary path."""
+    for position, component in enumerate(components):
+        if not component.startswith(WHITEOUT_PREFIX):
+            continue
+        if component.startswith(AUFS_META_PREFIX):
+            if component == OPAQUE_MARKER and position == len(components) - 1:
+                return Whiteout(components[:-1], None)
+            return True  # AUFS hard-link store and friends: not part of the image (W6)
+        if position != len(components) - 1:
+            raise MergeError(f"whiteout {show(raw)} is not the last component of its path")
+        name = component[len(WHITEOUT_PREFIX) :]
+        if name in (b"", b".", b".."):
+            raise MergeError(f"invalid whiteout name {show(raw)}")
+        return Whiteout(components[:-1], name)
+    return None
+
+
+class TreeBuilder:
+    """Replays layers, lowest first, into one merged tree (M1)."""
+
+    def __init__(self) -> None:
+        self.root = implied_directory()
+
+    def apply_layer(self, layer: int, entries: Iterable[TarEntry]) -> None:
+        """Apply one layer's entries; raises MergeError naming the entry on a bad one."""
+        ordinary: list[tuple[tuple[bytes, ...], TarEntry]] = []
+        for entry in entries:
+            components = split_path(entry.path)
+            whiteout = classify_whiteout(components, entry.path)
+            if whiteout is None:
+                ordinary.append((components, entry))
+            elif isinstance(whiteout, Whiteout):
+                self._apply_whiteout(whiteout)
+        for components, entry in ordinary:
+            self._apply_entry(layer, components, entry)
+
+    # Phase one: whiteouts and opaque markers against the lower tree.
+
+    def _apply_whiteout(self, whiteout: Whiteout) -> None:
+        parent = self._find(whiteout.parent)
+        if parent is None or parent.children is None:
+            return  # nothing below to remove, and no parents are created (W3)
+        if whiteout.name is None:  # opaque: hide every lower child, keep the directory (W4)
+            for child in parent.children.values():
+                drop(child)
+            parent.children.clear()
+        elif whiteout.name in parent.children:
+            drop(
+                parent.children.pop(whiteout.name)
+            )  # the name goes; a symlink's target is never looked at (W1)
+
+    # Phase two: everything else, in archive order.
+
+    def _apply_entry(self, layer: int, components: tuple[bytes, ...], entry: TarEntry) -> None:
+        if not components:  # the root itself (M10)
+            if entry.kind != DIR:
+                raise MergeError(f"root entry {show(entry.path)} is not a directory")
+            self.root.set_attributes(entry)
+            return
+        parent = self._make_parents(components[:-1])
+        assert parent.children is not None
+        name = components[-1]
+        existing = parent.children.get(name)
+        if entry.kind == DIR:
+            if existing is not None and existing.is_dir:
+                existing.set_attributes(entry)  # keep the children (M3, M6)
+                return
+            node = Node(stat.S_IFDIR)
+            node.set_attributes(entry)
+        elif entry.kind == HARDLINK:
+            node = self._link_target(entry)
+            if node is existing:
+                return
+            node.nlink += 1
+        else:
+            node = new_leaf(layer, entry)
+        if existing is not None:
+            drop(existing)  # replaced entirely, subtree and all (M2, M4, M7)
+        parent.children[name] = node
+
+    def _make_parents(self, components: tuple[bytes, ...]) -> Node:
+        directory = self.root
+        for name in components:
+            assert directory.children is not None
+            child = directory.children.get(name)
+            if child is None or not child.is_dir:
+                if child is not None:
+                    drop(child)  # a non-directory in the way becomes a directory (M9)
+                child = implied_directory()
+                directory.children[name] = child
+            directory = child
+        return directory
+
+    def _find(self, components: tuple[bytes, ...]) -> Node | None:
+        """The node at a path, without following symlinks or creating anything."""
+        node = self.root
+        for name in components:
+            if node.children is None:
+                return None
+            child = node.children.get(name)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def _link_target(self, entry: TarEntry) -> Node:
+        target = self._find(split_path(entry.linkname))
+        if target is None:
+            raise MergeError(
+                f"hardlink {show(entry.path)} points to {show(entry.linkname)},"
+                " which does not exist"
+            )
+        if target.is_dir:
+            raise MergeError(
+                f"hardlink {show(entry.path)} points to directory {show(entry.linkname)}"
+            )
+        return target  # its metadata applies; the link header's own is ignored (H2)
+
+    def freeze(self) -> MergedTree:
+        return MergedTree(self.root)
+
+
+def new_leaf(layer: int, entry: TarEntry) -> Node:
+    node = Node(FILE_TYPES[entry.kind])
+    node.set_attributes(entry)
+    if entry.kind == FILE:
+        node.size = entry.size
+        node.layer = layer
+        node.offset = entry.data_offset
+        node.sparse = entry.sparse
+    elif entry.kind == SYMLINK:
+        node.target = entry.linkname
+        node.size = len(entry.linkname)  # A2
+    elif entry.kind in (CHAR, BLOCK):
+        node.rdev = make_rdev(entry.devmajor, entry.devminor)
+    return node
+
+
+def make_rdev(major: int, minor: int) -> int:
+    """Linux's dev_t encoding, as os.makedev does, without its range errors on odd input."""
+    major &= 0xFFFFFFFF
+    minor &= 0xFFFFFFFF
+    return (
+        ((major & 0xFFFFF000) << 32)
+        | ((major & 0xFFF) << 8)
+        | ((minor & 0xFFFFFF00) << 12)
+        | (minor & 0xFF)
+    )
+
+
+def drop(node: Node) -> None:
+    """A name of ``node`` leaves the tree; a directory takes its whole subtree with it (H5)."""
+    if node.children is None:
+        node.nlink -= 1
+        return
+    stack = [node]
+    while stack:
+        directory = stack.pop()
+        assert directory.children is not None
+        for child in directory.children.values():
+            if child.children is None:
+                child.nlink -= 1
+            else:
+                stack.append(child)
+
+
+class MergedTree:
+    """The finished tree: inode numbers fixed, directories ready for lookup and readdir."""
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+        self.inodes: list[Node | None] = [None]  # inodes[ino]; 0 is not an inode number
+        self.parents: dict[int, int] = {}  # directory ino -> its parent's ino
+        self.file_bytes = 0
+        self._number(root, ROOT_INO)
+
+    def _number(self, root: Node, parent_ino: int) -> None:
+        root.ino = len(self.inodes)
+        self.inodes.append(root)
+        self.parents[root.ino] = parent_ino
+        stack = [root]
+        while stack:
+            directory = stack.pop()
+            assert directory.children is not None
+            directory.names = tuple(sorted(directory.children))
+            subdirectories = 0
+            for name in directory.names:
+                child = directory.children[name]
+                if child.ino:
+                    continue  # another name of a hardlinked inode: one number (H1)
+                child.ino = len(self.inodes)
+                self.inodes.append(child)
+                if child.children is not None:
+                    subdirectories += 1
+                    self.parents[child.ino] = directory.ino
+                    stack.append(child)
+                else:
+                    self.file_bytes += child.size
+            directory.nlink = 2 + subdirectories  # A11
+
+    def __len__(self) -> int:
+        """Number of inodes, the root included."""
+        return len(self.inodes) - 1
+
+    def node(self, ino: int) -> Node:
+        """The inode ``ino``; raises KeyError for a number this tree never gave out."""
+        if 0 < ino < len(self.inodes):
+            node = self.inodes[ino]
+            if node is not None:
+                return node
+        raise KeyError(ino)
+
+    def lookup(self, parent: Node, name: bytes) -> Node | None:
+        if parent.children is None:
+            return None
+        if name == b".":
+            return parent
+        if name == b"..":
+            return self.node(self.parents[parent.ino])
+        return parent.children.get(name)
+
+    def walk(self) -> Iterator[tuple[bytes, Node]]:
+        """Every (path, node) pair below the root, depth first; for tests and tools."""
+        stack: list[tuple[bytes, Node]] = [(b"", self.root)]
+        while stack:
+            path, directory = stack.pop()
+            assert directory.children is not None
+            for name in reversed(directory.names):
+                child = directory.children[name]
+                child_path = path + b"/" + name if path else name
+                yield child_path, child
+                if child.children is not None:
+                    stack.append((child_path, child))
+
+    def find(self, path: bytes) -> Node | None:
+        node = self.root
+        for name in split_path(path):
+            found = self.lookup(node, name)
+            if found is None:
+                return None
+            node = found
+        return node
