@@ -1,0 +1,287 @@
+"""The merge, without a mount: layers built with tarfile, scanned, replayed into the tree.
+
+Each test names the conformance lines (M, W, H, A, P) it pins.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+
+import pytest
+from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
+
+from ocifs.errors import MergeError
+from ocifs.tarscan import scan_tar
+from ocifs.tree import MergedTree, Node, TreeBuilder, make_rdev, split_path
+
+
+def merge(*layers: list[Member]) -> MergedTree:
+    builder = TreeBuilder()
+    for index, members in enumerate(layers):
+        builder.apply_layer(index, scan_tar(io.BytesIO(make_tar(members))))
+    return builder.freeze()
+
+
+def paths(tree: MergedTree) -> set[str]:
+    return {path.decode("utf-8", "surrogateescape") for path, _ in tree.walk()}
+
+
+def node(tree: MergedTree, path: str) -> Node:
+    found = tree.find(path.encode())
+    assert found is not None, f"{path} missing"
+    return found
+
+
+def test_m1_layers_apply_in_order_m2_replacement_takes_everything() -> None:
+    tree = merge(
+        [f("a", b"one", mode=0o600, uid=1, gid=2, pax={"SCHILY.xattr.user.x": "1"})],
+        [f("a", b"two", mode=0o644, uid=3, gid=4)],
+    )
+    a = node(tree, "a")
+    assert (a.size, a.mode & 0o7777, a.uid, a.gid, a.xattrs) == (3, 0o644, 3, 4, None)
+
+
+def test_m3_directory_over_directory_keeps_children_takes_upper_attributes() -> None:
+    tree = merge(
+        [d("etc", mode=0o755), f("etc/passwd", b"root")],
+        [d("etc", mode=0o700, uid=5, pax={"SCHILY.xattr.user.dir": "up"})],
+    )
+    etc = node(tree, "etc")
+    assert paths(tree) == {"etc", "etc/passwd"}
+    assert (etc.mode & 0o7777, etc.uid, etc.xattrs) == (0o700, 5, {b"user.dir": b"up"})
+
+
+def test_m4_type_changes_remove_the_old_object() -> None:
+    tree = merge(
+        [d("x"), f("x/deep/file"), f("y", b"file")],
+        [f("x", b"now a file"), d("y"), f("y/new")],
+    )
+    assert paths(tree) == {"x", "y", "y/new"}
+    assert stat.S_ISREG(node(tree, "x").mode)
+    assert stat.S_ISDIR(node(tree, "y").mode)
+
+
+def test_m5_same_layer_twice_is_applied_twice() -> None:
+    layer = [f("keep"), wh("gone")]
+    tree = merge([f("gone")], layer, [f("gone")], layer)
+    assert paths(tree) == {"keep"}
+
+
+def test_m6_directory_after_its_children_sets_attributes_keeps_children() -> None:
+    tree = merge([f("a/b/c", b"x"), d("a/b", mode=0o711, uid=7), d("a", mode=0o750)])
+    assert paths(tree) == {"a", "a/b", "a/b/c"}
+    assert node(tree, "a/b").mode & 0o7777 == 0o711
+    assert node(tree, "a/b").uid == 7
+    assert node(tree, "a").mode & 0o7777 == 0o750
+
+
+def test_m7_last_entry_of_a_path_in_one_layer_wins() -> None:
+    tree = merge([f("p", b"first"), d("q"), f("q/child"), f("p", b"second!"), f("q", b"file")])
+    assert node(tree, "p").size == len(b"second!")
+    assert paths(tree) == {"p", "q"}
+
+
+def test_m8_implied_parents_are_0755_root_owned() -> None:
+    tree = merge([f("a/b/c", uid=9, gid=9)])
+    for path in ("a", "a/b"):
+        n = node(tree, path)
+        assert (n.mode, n.uid, n.gid) == (stat.S_IFDIR | 0o755, 0, 0)
+
+
+def test_m9_non_directory_parent_becomes_directory() -> None:
+    tree = merge([f("x", b"file"), sym("s", "x")], [f("x/y"), f("s/z")])
+    assert paths(tree) == {"x", "x/y", "s", "s/z"}
+    assert stat.S_ISDIR(node(tree, "x").mode)
+    assert stat.S_ISDIR(node(tree, "s").mode)
+
+
+def test_m10_root_entry_sets_root_attributes_and_must_be_a_directory() -> None:
+    tree = merge([d(".", mode=0o700, uid=3), f("./a")])
+    assert (tree.root.mode & 0o7777, tree.root.uid) == (0o700, 3)
+    with pytest.raises(MergeError, match="root entry"):
+        merge([f("./", b"")])
+
+
+def test_w1_whiteout_removes_any_kind_never_a_symlink_target() -> None:
+    tree = merge(
+        [
+            f("dir/file"),
+            f("target", b"t"),
+            sym("dir/link", "../target"),
+            Member("dir/fifo", "fifo"),
+            Member("dir/dev", "char", devmajor=1, devminor=3),
+            d("dir/sub"),
+            f("dir/sub/deep/x"),
+        ],
+        [wh("dir/file"), wh("dir/link"), wh("dir/fifo"), wh("dir/dev"), wh("dir/sub")],
+    )
+    assert paths(tree) == {"dir", "target"}
+
+
+def test_w2_whiteout_and_file_in_the_same_layer_keep_the_file() -> None:
+    tree = merge(
+        [f("a", b"old"), f("b", b"old")], [wh("a"), f("a", b"new!"), f("b", b"new!"), wh("b")]
+    )
+    assert node(tree, "a").size == 4
+    assert node(tree, "b").size == 4
+
+
+def test_w3_whiteout_of_missing_path_creates_nothing() -> None:
+    tree = merge([f("a")], [wh("no/such/path"), wh("nothing")])
+    assert paths(tree) == {"a"}
+
+
+@pytest.mark.parametrize("marker_first", [True, False])
+def test_w4_opaque_hides_lower_children_keeps_same_layer_ones(marker_first: bool) -> None:
+    upper = [f("d/new1"), opaque("d"), f("d/new2")]
+    if marker_first:
+        upper = [opaque("d"), f("d/new1"), f("d/new2")]
+    tree = merge([d("d", mode=0o700), f("d/old"), d("d/olddir"), f("d/olddir/x")], upper)
+    assert paths(tree) == {"d", "d/new1", "d/new2"}
+    assert node(tree, "d").mode & 0o7777 == 0o700  # D stays, with its own attributes
+
+
+def test_w4_root_opaque_hides_the_whole_lower_tree() -> None:
+    tree = merge([f("a"), d("b"), f("b/c")], [opaque(""), f("z")])
+    assert paths(tree) == {"z"}
+
+
+def test_w5_removed_and_added_again_comes_back_without_old_children() -> None:
+    tree = merge([d("d"), f("d/old")], [wh("d")], [d("d"), f("d/new")])
+    assert paths(tree) == {"d", "d/new"}
+
+
+def test_w6_whiteout_and_aufs_markers_are_never_visible() -> None:
+    tree = merge(
+        [f("a"), d("d")],
+        [wh("a"), opaque("d"), f(".wh..wh.plnk/123.456"), f("d/.wh..wh.aufs"), f(".wh..wh.orph")],
+    )
+    assert paths(tree) == {"d"}
+    assert tree.find(b".wh.a") is None
+
+
+@pytest.mark.parametrize("name", [".wh.", "d/.wh..", "d/.wh...", ".wh.x/y"])
+def test_w7_malformed_whiteouts_are_errors(name: str) -> None:
+    with pytest.raises(MergeError, match="whiteout"):
+        merge([f(name)])
+
+
+def test_h1_hardlink_is_one_inode_with_nlink_of_visible_names() -> None:
+    tree = merge([f("a", b"data", mode=0o4755, uid=5), link("b", "a"), link("c/d", "a")])
+    a, b, dd = node(tree, "a"), node(tree, "b"), node(tree, "c/d")
+    assert a is b is dd
+    assert a.nlink == 3
+    assert a.ino == b.ino
+
+
+def test_h2_hardlink_header_metadata_is_ignored() -> None:
+    tree = merge([f("a", b"x", mode=0o600, uid=1), link("b", "a", mode=0o777, uid=99)])
+    b = node(tree, "b")
+    assert (b.mode & 0o7777, b.uid) == (0o600, 1)
+
+
+def test_h3_target_from_lower_layer_and_errors_for_missing_or_directory() -> None:
+    tree = merge([f("lower", b"x")], [link("upper", "lower")])
+    assert node(tree, "upper") is node(tree, "lower")
+    assert node(tree, "lower").nlink == 2
+    with pytest.raises(MergeError, match="does not exist"):
+        merge([link("b", "missing")])
+    with pytest.raises(MergeError, match="directory"):
+        merge([d("dir"), link("b", "dir")])
+
+
+def test_h3_hardlink_target_is_never_followed_through_a_symlink() -> None:
+    """P4: link targets resolve inside the tree by name only."""
+    with pytest.raises(MergeError, match="does not exist"):
+        merge([d("real"), f("real/f"), sym("alias", "real"), link("b", "alias/f")])
+
+
+def test_h4_chains_resolve_to_one_inode() -> None:
+    tree = merge([f("a", b"x"), link("b", "a"), link("c", "b")])
+    assert node(tree, "a") is node(tree, "c")
+    assert node(tree, "a").nlink == 3
+
+
+def test_h5_replacing_or_whiting_out_one_name_breaks_only_that_name() -> None:
+    tree = merge(
+        [f("a", b"old"), link("b", "a"), link("c", "a")],
+        [f("b", b"replaced"), wh("c")],
+    )
+    a, b = node(tree, "a"), node(tree, "b")
+    assert a is not b
+    assert (a.nlink, a.size, b.nlink, b.size) == (1, 3, 1, 8)
+
+
+def test_h5_removing_a_directory_drops_the_names_inside_it() -> None:
+    tree = merge([f("keep", b"x"), d("dir"), link("dir/other", "keep")], [wh("dir")])
+    assert node(tree, "keep").nlink == 1
+
+
+def test_a1_a2_symlinks_kept_as_written() -> None:
+    targets = ["/etc/passwd", "../../x", "dangling", "loop"]
+    tree = merge([sym(f"l{i}", t) for i, t in enumerate(targets)] + [sym("loop", "loop")])
+    for i, target in enumerate(targets):
+        n = node(tree, f"l{i}")
+        assert stat.S_ISLNK(n.mode)
+        assert (n.target, n.size) == (target.encode(), len(target.encode()))
+
+
+def test_a3_devices_and_fifos() -> None:
+    tree = merge(
+        [
+            Member("null", "char", devmajor=1, devminor=3),
+            Member("sda", "block", devmajor=8, devminor=300),
+            Member("pipe", "fifo"),
+        ]
+    )
+    assert stat.S_ISCHR(node(tree, "null").mode)
+    assert node(tree, "null").rdev == make_rdev(1, 3)
+    assert node(tree, "sda").rdev == make_rdev(8, 300)
+    assert stat.S_ISFIFO(node(tree, "pipe").mode)
+
+
+def test_a4_a5_a6_owner_mode_and_nanosecond_mtime() -> None:
+    tree = merge(
+        [
+            f("big", uid=3_000_000_000, gid=2**32 - 2, mode=0o7755),
+            f("ns", pax={"mtime": "1700000000.123456789"}),
+        ]
+    )
+    big = node(tree, "big")
+    assert (big.uid, big.gid, big.mode) == (3_000_000_000, 2**32 - 2, stat.S_IFREG | 0o7755)
+    assert node(tree, "ns").mtime_ns == 1_700_000_000_123_456_789
+
+
+def test_a11_directory_nlink_counts_subdirectories() -> None:
+    tree = merge([d("top"), d("top/a"), d("top/b"), f("top/file")])
+    assert node(tree, "top").nlink == 4
+    assert tree.root.nlink == 3
+
+
+def test_inode_numbers_are_unique_and_root_is_one() -> None:
+    tree = merge([f("a"), link("b", "a"), d("c"), f("c/d")])
+    assert tree.root.ino == 1
+    inos = {path: n.ino for path, n in tree.walk()}
+    assert inos[b"a"] == inos[b"b"]
+    assert len(set(inos.values())) == 3
+    assert all(tree.node(ino).ino == ino for ino in inos.values())
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"./a/b/", (b"a", b"b")),
+        (b"/abs//x", (b"abs", b"x")),
+        (b"a/./b/../c", (b"a", b"c")),
+        (b"./", ()),
+    ],
+)
+def test_p1_names_are_normalised(raw: bytes, expected: tuple[bytes, ...]) -> None:
+    assert split_path(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [b"../x", b"a/../../x", b"a/\0b", b"a/" + b"n" * 256])
+def test_p2_p3_escapes_nul_and_long_components_are_errors(raw: bytes) -> None:
+    with pytest.raises(MergeError):
+        split_path(raw)
