@@ -377,8 +377,13 @@ class _Scanner:
     def entry(
         self, block: bytes, typeflag: bytes, size: int, offset: int, pending: _Pending
     ) -> TarEntry:
-        """Build the entry of a real header and read past its data."""
+        """Build the entry of a real header and read past its data.
+
+        Errors name the offset of the entry's first header (its extension headers included).
+        """
         reader = self.reader
+        header_offset = offset if pending.start is None else pending.start
+        offset = header_offset
         magic = block[257:263]
         is_ustar = magic[:5] == b"ustar"
         name = block[0:100].split(b"\x00", 1)[0]
@@ -484,7 +489,6 @@ class _Scanner:
             self.fail("NUL byte in the entry name", offset, shown)
         if not -MAX_MTIME_NS <= mtime_ns <= MAX_MTIME_NS:
             self.fail("mtime out of range", offset, path)
-        header_offset = offset if pending.start is None else pending.start
 
         sparse: tuple[tuple[int, int], ...] | None = None
         if typeflag == b"S":

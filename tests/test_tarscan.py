@@ -1,0 +1,948 @@
+"""Tests of ``ocifs.tarscan``, the tar header parser (checklist lines B4 and A4-A10).
+
+Archives come from CPython's ``tarfile`` (GNU and PAX formats), from GNU tar (sparse files)
+and from hand-crafted blocks with exact damage. Every test checks real parsed values.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+try:
+    import ocifs  # noqa: F401
+except ImportError:  # running from a checkout without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ocifs import tarscan
+from ocifs.errors import TarFormatError
+from ocifs.tarscan import (
+    BLOCK,
+    CHAR,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    TarEntry,
+    scan_tar,
+)
+
+MTIME = 1_700_000_000
+END = bytes(1024)
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+class ShortReads:
+    """A stream that returns at most ``limit`` bytes per read, and counts what it returned."""
+
+    def __init__(self, data: bytes, limit: int | None = None, seed: int = 0) -> None:
+        self.data = data
+        self.pos = 0
+        self.limit = limit
+        self.random = random.Random(seed)
+        self.calls = 0
+
+    def read(self, size: int, /) -> bytes:
+        self.calls += 1
+        if self.limit is not None:
+            size = min(size, self.random.randint(1, self.limit))
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += len(chunk)
+        return chunk
+
+
+def scan(data: bytes) -> list[TarEntry]:
+    return list(scan_tar(io.BytesIO(data)))
+
+
+def expect_error(data: bytes, *fragments: str) -> str:
+    """Scanning ``data`` fails with a one-line TarFormatError containing every fragment."""
+    with pytest.raises(TarFormatError) as info:
+        scan(data)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def octal(value: int, length: int) -> bytes:
+    return b"%0*o\x00" % (length - 1, value)
+
+
+def header(
+    name: bytes = b"f",
+    *,
+    typeflag: bytes = b"0",
+    size: int = 0,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    mtime: int = MTIME,
+    linkname: bytes = b"",
+    magic: bytes = b"ustar\x0000",
+    devmajor: int = 0,
+    devminor: int = 0,
+    prefix: bytes = b"",
+    raw: dict[int, bytes] | None = None,
+    signed_checksum: bool = False,
+) -> bytes:
+    """One 512-byte header block with a correct checksum; ``raw`` overrides bytes at offsets."""
+    block = bytearray(512)
+    block[0 : len(name)] = name
+    block[100:108] = octal(mode, 8)
+    block[108:116] = octal(uid, 8)
+    block[116:124] = octal(gid, 8)
+    block[124:136] = octal(size, 12)
+    block[136:148] = octal(mtime, 12)
+    block[156:157] = typeflag
+    block[157 : 157 + len(linkname)] = linkname
+    if magic:
+        block[257:265] = magic
+        block[329:337] = octal(devmajor, 8)
+        block[337:345] = octal(devminor, 8)
+        block[345 : 345 + len(prefix)] = prefix
+    for offset, value in (raw or {}).items():
+        block[offset : offset + len(value)] = value
+    return checksummed(block, signed=signed_checksum)
+
+
+def checksummed(block: bytes | bytearray, *, signed: bool = False) -> bytes:
+    block = bytearray(block)
+    block[148:156] = b" " * 8
+    total = sum(b - 256 if signed and b >= 128 else b for b in block)
+    block[148:156] = b"%06o\x00 " % total
+    return bytes(block)
+
+
+def padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def member(name: bytes, data: bytes = b"", **kw: object) -> bytes:
+    return header(name, size=len(data), **kw) + padded(data)  # type: ignore[arg-type]
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    digits = 1
+    while len(str(len(body) + digits)) != digits:
+        digits += 1
+    return str(len(body) + digits).encode() + body
+
+
+def pax(records: list[tuple[bytes, bytes]], typeflag: bytes = b"x") -> bytes:
+    data = b"".join(pax_record(k, v) for k, v in records)
+    return member(b"PaxHeader/f", data, typeflag=typeflag)
+
+
+def tar_bytes(
+    build: Callable[[tarfile.TarFile], None], fmt: int = tarfile.PAX_FORMAT, **kw: object
+) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt, **kw) as tar:  # type: ignore[call-overload]
+        build(tar)
+    return buffer.getvalue()
+
+
+def add(
+    tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **kw: object
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mtime = MTIME
+    info.mode = 0o644
+    for key, value in kw.items():
+        setattr(info, key, value)
+    if kind == tarfile.REGTYPE:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    else:
+        tar.addfile(info)
+
+
+FORMATS = pytest.mark.parametrize(
+    "fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"]
+)
+
+
+# -- entries from tarfile ------------------------------------------------------------------
+
+
+@FORMATS
+def test_every_kind(fmt: int) -> None:
+    """Files, directories, links and devices carry their own fields (A1-A3, A5)."""
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "etc", tarfile.DIRTYPE, mode=0o755, uid=1, gid=2)
+        add(tar, "etc/passwd", data=b"root:x:0:0\n", uid=3, gid=4)
+        add(tar, "etc/link", tarfile.SYMTYPE, linkname="passwd")
+        add(tar, "etc/hard", tarfile.LNKTYPE, linkname="etc/passwd")
+        add(tar, "dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
+        add(tar, "dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0, mode=0o660)
+        add(tar, "run/fifo", tarfile.FIFOTYPE, mode=0o600)
+
+    entries = scan(tar_bytes(build, fmt))
+    assert [(e.path, e.kind) for e in entries] == [
+        (b"etc/", DIR),  # tarfile writes directories with a trailing slash
+        (b"etc/passwd", FILE),
+        (b"etc/link", SYMLINK),
+        (b"etc/hard", HARDLINK),
+        (b"dev/null", CHAR),
+        (b"dev/sda", BLOCK),
+        (b"run/fifo", FIFO),
+    ]
+    etc, passwd, symlink, hard, null, sda, fifo = entries
+    assert (etc.mode, etc.uid, etc.gid, etc.size) == (0o755, 1, 2, 0)
+    assert (passwd.mode, passwd.uid, passwd.gid, passwd.size) == (0o644, 3, 4, 11)
+    assert passwd.mtime_ns == MTIME * 10**9
+    assert passwd.linkname == b"" and passwd.sparse is None and passwd.xattrs is None
+    assert (symlink.linkname, symlink.size) == (b"passwd", 0)
+    assert (hard.linkname, hard.size) == (b"etc/passwd", 0)
+    assert (null.devmajor, null.devminor, null.mode) == (1, 3, 0o666)
+    assert (sda.devmajor, sda.devminor, sda.mode) == (8, 0, 0o660)
+    assert (fifo.mode, fifo.devmajor, fifo.linkname) == (0o600, 0, b"")
+    assert etc.header_offset == 0
+    assert passwd.header_offset == 512
+
+
+@FORMATS
+def test_a5_special_mode_bits_kept(fmt: int) -> None:
+    """A5: setuid, setgid and sticky bits survive; the file type comes from the typeflag."""
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "bin/su", data=b"x", mode=0o4755)
+        add(tar, "bin/wall", data=b"y", mode=0o2755)
+        add(tar, "tmp", tarfile.DIRTYPE, mode=0o1777)
+
+    su, wall, tmp = scan(tar_bytes(build, fmt))
+    assert (su.mode, wall.mode, tmp.mode) == (0o4755, 0o2755, 0o1777)
+    assert (su.kind, tmp.kind) == (FILE, DIR)
+
+
+def test_a5_mode_file_type_bits_dropped() -> None:
+    """A5: the S_IFMT bits some writers put in the mode field are dropped."""
+    (entry,) = scan(member(b"f", b"ab", mode=0o100755) + END)
+    assert entry.mode == 0o755 and entry.kind == FILE
+
+
+@FORMATS
+def test_data_offset_of_many_members(fmt: int) -> None:
+    """data_offset..+size is exactly each member's content, for sizes around block edges."""
+    rng = random.Random(1)
+    sizes = [0, 1, 511, 512, 513, 1023, 1024, 1025, 4096, 70000] + [
+        rng.randrange(0, 20000) for _ in range(150)
+    ]
+    contents = {f"dir/file{i:03d}": rng.randbytes(size) for i, size in enumerate(sizes)}
+
+    def build(tar: tarfile.TarFile) -> None:
+        for name, data in contents.items():
+            add(tar, name, data=data)
+
+    archive = tar_bytes(build, fmt)
+    entries = scan(archive)
+    assert len(entries) == len(contents)
+    for entry, (name, data) in zip(entries, contents.items(), strict=True):
+        assert entry.path == name.encode()
+        assert entry.size == len(data)
+        assert archive[entry.data_offset : entry.data_offset + entry.size] == data
+        assert entry.data_offset % 512 == 0
+
+
+def test_short_reads_and_every_byte_read() -> None:
+    """Short reads give the same entries; the whole stream is read, trailing zeros too."""
+    rng = random.Random(2)
+
+    def build(tar: tarfile.TarFile) -> None:
+        for i in range(40):
+            add(tar, f"f{i}", data=rng.randbytes(rng.randrange(0, 3000)))
+            add(tar, f"d{i}", tarfile.DIRTYPE)
+
+    archive = tar_bytes(build)
+    expected = scan(archive)
+    for limit in (1, 7, 511, 513, 5000):
+        stream = ShortReads(archive, limit, seed=limit)
+        assert list(scan_tar(stream)) == expected
+        assert stream.pos == len(archive)
+    whole = ShortReads(archive)
+    list(scan_tar(whole))
+    assert whole.pos == len(archive)
+    assert whole.calls <= 3  # big reads, not one per block
+
+
+def test_skipping_across_chunk_boundaries() -> None:
+    """A few MB member is read past in chunks; the members around it keep exact offsets."""
+    rng = random.Random(3)
+    big = rng.randbytes(3 * tarscan.CHUNK + 12345)
+    small = [rng.randbytes(n) for n in (100, 700, 1500)]
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "a", data=small[0])
+        add(tar, "big", data=big)
+        add(tar, "b", data=small[1])
+        add(tar, "big2", data=big[: tarscan.CHUNK - 512])
+        add(tar, "c", data=small[2])
+
+    archive = tar_bytes(build)
+    for stream in (io.BytesIO(archive), ShortReads(archive, 300_000)):
+        entries = list(scan_tar(stream))
+        assert [e.path for e in entries] == [b"a", b"big", b"b", b"big2", b"c"]
+        for entry in entries:
+            assert len(archive[entry.data_offset : entry.data_offset + entry.size]) == entry.size
+        assert archive[entries[1].data_offset : entries[1].data_offset + entries[1].size] == big
+        assert archive[entries[2].data_offset :][:700] == small[1]
+        assert archive[entries[4].data_offset :][:1500] == small[2]
+
+
+# -- names (A8) ----------------------------------------------------------------------------
+
+
+def long_path(length: int) -> str:
+    parts, total = [], 0
+    while total < length:
+        part = "d" * min(40, length - total - 1) if length - total > 41 else "f" * (length - total)
+        parts.append(part)
+        total += len(part) + 1
+    return "/".join(parts)[:length]
+
+
+@FORMATS
+def test_a8_long_path_and_link(fmt: int) -> None:
+    """A8: a 300-byte path and link target via GNU L/K (gnu) or PAX path/linkpath (pax)."""
+    name = long_path(300)
+    target = "t/" + "x" * 298
+    assert len(name) == 300 and len(target) == 300
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, name, data=b"content")
+        add(tar, name + "-l", tarfile.SYMTYPE, linkname=target)
+        add(tar, name + "-h", tarfile.LNKTYPE, linkname=name)
+        add(tar, "short", data=b"s")
+
+    archive = tar_bytes(build, fmt)
+    file, symlink, hard, short = scan(archive)
+    assert file.path == name.encode()
+    assert archive[file.data_offset : file.data_offset + 7] == b"content"
+    assert (symlink.path, symlink.linkname) == (name.encode() + b"-l", target.encode())
+    assert (hard.path, hard.linkname) == (name.encode() + b"-h", name.encode())
+    assert short.path == b"short"  # extension headers applied to one entry only
+    assert file.header_offset == 0 and short.header_offset > hard.header_offset
+
+
+def test_a8_ustar_prefix() -> None:
+    """A8: the ustar prefix field (155 bytes) is joined with the name by a slash."""
+    name = "p" * 150 + "/" + "n" * 99
+    archive = tar_bytes(lambda tar: add(tar, name, data=b"z"), tarfile.USTAR_FORMAT)
+    (entry,) = scan(archive)
+    assert entry.path == name.encode() and len(entry.path) == 250
+    assert archive[345:350] == b"ppppp"  # really written with the prefix field
+
+
+def test_a8_old_gnu_header_ignores_prefix_area() -> None:
+    """Old GNU headers ('ustar  ' magic) keep atime/ctime where ustar has the prefix."""
+    block = header(b"name", magic=b"ustar  \x00", raw={345: b"00000000017\x00", 357: b"17\x00"})
+    (entry,) = scan(block + END)
+    assert entry.path == b"name"
+    (posix,) = scan(header(b"name", prefix=b"pre") + END)
+    assert posix.path == b"pre/name"
+
+
+@FORMATS
+def test_a8_non_utf8_name_kept(fmt: int) -> None:
+    """A8: names are raw bytes; b'caf\\xe9' (Latin-1) is not decoded or replaced."""
+    name = b"caf\xe9".decode("utf-8", "surrogateescape")
+    archive = tar_bytes(
+        lambda tar: add(tar, name, data=b"x", linkname=""), fmt, errors="surrogateescape"
+    )
+    (entry,) = scan(archive)
+    assert entry.path == b"caf\xe9"
+
+
+def test_a8_pax_raw_path_and_linkpath() -> None:
+    """A8: PAX path and linkpath values are taken as bytes, exactly."""
+    archive = (
+        pax([(b"path", b"dir/\xff\xfe name\n2"), (b"linkpath", b"\xc3\xa9t\xe9")])
+        + header(b"short", typeflag=b"2", linkname=b"other")
+        + END
+    )
+    (entry,) = scan(archive)
+    assert entry.path == b"dir/\xff\xfe name\n2"
+    assert (entry.kind, entry.linkname) == (SYMLINK, b"\xc3\xa9t\xe9")
+    assert entry.header_offset == 0
+
+
+def test_a8_pax_path_wins_over_gnu_longname_and_empty_value_unsets() -> None:
+    longname = member(b"././@LongLink", b"from-gnu\x00", typeflag=b"L")
+    (entry,) = scan(longname + pax([(b"path", b"from-pax")]) + header(b"h") + END)
+    assert entry.path == b"from-pax"
+    (entry,) = scan(pax([(b"path", b""), (b"uid", b"")]) + header(b"h", uid=5) + END)
+    assert (entry.path, entry.uid) == (b"h", 5)
+
+
+def test_extension_headers_apply_to_next_entry_only() -> None:
+    archive = (
+        member(b"././@LongLink", b"long/name\x00", typeflag=b"L")
+        + pax([(b"mtime", b"5.5"), (b"uid", b"77")])
+        + member(b"first", b"1")
+        + member(b"second", b"2", uid=3)
+        + END
+    )
+    first, second = scan(archive)
+    assert (first.path, first.mtime_ns, first.uid, first.header_offset) == (
+        b"long/name",
+        5_500_000_000,
+        77,
+        0,
+    )
+    assert (second.path, second.mtime_ns, second.uid) == (b"second", MTIME * 10**9, 3)
+    assert second.header_offset == archive.index(header(b"second", size=1, uid=3))
+
+
+# -- PAX values (A4, A6, A7, A10) ----------------------------------------------------------
+
+
+def test_a4_large_uid_gid_pax_and_base256() -> None:
+    """A4: uid/gid beyond the octal field: PAX decimal and GNU base-256."""
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "big", data=b"b", uid=2**40, gid=2**33 + 5)
+
+    (entry,) = scan(tar_bytes(build, tarfile.PAX_FORMAT))
+    assert (entry.uid, entry.gid) == (2**40, 2**33 + 5)
+    archive = tar_bytes(build, tarfile.GNU_FORMAT)
+    assert archive[108] == 0x80  # base-256 in the header itself
+    (entry,) = scan(archive)
+    assert (entry.uid, entry.gid) == (2**40, 2**33 + 5)
+
+
+def test_a4_base256_size_and_mtime() -> None:
+    size_field = b"\x80" + (5).to_bytes(11, "big")
+    mtime_field = b"\x80" + (2**33).to_bytes(11, "big")
+    block = header(b"f", raw={124: size_field, 136: mtime_field})
+    (entry,) = scan(block + padded(b"hello") + END)
+    assert (entry.size, entry.mtime_ns) == (5, 2**33 * 10**9)
+
+
+def test_a6_mtime_nanoseconds_exact() -> None:
+    """A6: the fractional PAX mtime is kept to the nanosecond, without float rounding."""
+    cases = {
+        b"1700000000.123456789": 1700000000123456789,
+        b"1700000000.5": 1700000000500000000,
+        b"1700000000": 1700000000000000000,
+        b"1700000000.": 1700000000000000000,
+        b"1700000000.1234567899999": 1700000000123456789,
+        b"-1.25": -1250000000,
+        b"0.000000001": 1,
+    }
+    for value, expected in cases.items():
+        (entry,) = scan(pax([(b"mtime", value)]) + member(b"f", b"x") + END)
+        assert entry.mtime_ns == expected, value
+
+
+def test_a6_mtime_from_tarfile_pax_headers() -> None:
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "f", data=b"x", pax_headers={"mtime": "1700000000.999999999"})
+
+    (entry,) = scan(tar_bytes(build))
+    assert entry.mtime_ns == 1700000000999999999
+
+
+CAPABILITY = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+
+
+def test_a7_xattrs_binary_and_empty() -> None:
+    """A7: SCHILY.xattr values are bytes: NULs, newlines, '=' and an empty value kept."""
+    archive = (
+        pax(
+            [
+                (b"SCHILY.xattr.security.capability", CAPABILITY),
+                (b"SCHILY.xattr.user.empty", b""),
+                (b"SCHILY.xattr.user.odd", b"a=b\nc\x00\xff"),
+                (b"SCHILY.xattr.user.\xe9", b"latin"),
+            ]
+        )
+        + member(b"bin/ping", b"ELF")
+        + member(b"other", b"")
+        + END
+    )
+    ping, other = scan(archive)
+    assert ping.xattrs == {
+        b"security.capability": CAPABILITY,
+        b"user.empty": b"",
+        b"user.odd": b"a=b\nc\x00\xff",
+        b"user.\xe9": b"latin",
+    }
+    assert other.xattrs is None
+
+
+def test_a7_xattrs_from_tarfile() -> None:
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "f", data=b"x", pax_headers={"SCHILY.xattr.user.mime": "text/plain"})
+
+    (entry,) = scan(tar_bytes(build))
+    assert entry.xattrs == {b"user.mime": b"text/plain"}
+
+
+def test_a7_libarchive_xattr() -> None:
+    archive = (
+        pax(
+            [
+                (b"LIBARCHIVE.xattr.user.a%20b", b"AAECAw"),  # unpadded base64 of 00 01 02 03
+                (b"LIBARCHIVE.xattr.security.capability", b"AQAAAgAgAAAAAAAAAAAAAAAAAAA="),
+            ]
+        )
+        + member(b"f")
+        + END
+    )
+    (entry,) = scan(archive)
+    assert entry.xattrs == {b"user.a b": b"\x00\x01\x02\x03", b"security.capability": CAPABILITY}
+    expect_error(
+        pax([(b"LIBARCHIVE.xattr.user.x", b"!!")]) + member(b"f") + END, "base64", "offset 0"
+    )
+
+
+def test_pax_devices_and_size() -> None:
+    archive = (
+        pax([(b"SCHILY.devmajor", b"300"), (b"SCHILY.devminor", b"70000")])
+        + header(b"dev/x", typeflag=b"3", devmajor=1, devminor=2)
+        + pax([(b"size", b"3")])
+        + header(b"f", size=999)
+        + padded(b"abc")
+        + member(b"g", b"after")
+        + END
+    )
+    dev, file, after = scan(archive)
+    assert (dev.kind, dev.devmajor, dev.devminor) == (CHAR, 300, 70000)
+    assert (file.size, archive[file.data_offset : file.data_offset + 3]) == (3, b"abc")
+    assert archive[after.data_offset : after.data_offset + 5] == b"after"
+
+
+def test_a10_global_header_changes_nothing() -> None:
+    """A10: a PAX 'g' header makes no entry and its path/mtime/uid apply to nothing."""
+    archive = (
+        pax([(b"path", b"evil"), (b"mtime", b"1.5"), (b"uid", b"9")], typeflag=b"g")
+        + member(b"a", b"1")
+        + member(b"b", b"2")
+        + END
+    )
+    a, b = scan(archive)
+    assert (a.path, a.mtime_ns, a.uid, a.header_offset) == (b"a", MTIME * 10**9, 0, 1024)
+    assert b.path == b"b"
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "real", data=b"r")
+
+    archive = tar_bytes(build, pax_headers={"path": "renamed", "comment": "c"})
+    assert archive[156:157] == b"g"
+    (entry,) = scan(archive)
+    assert entry.path == b"real"
+
+
+def test_global_header_between_extension_and_entry() -> None:
+    archive = pax([(b"path", b"p")]) + pax([(b"path", b"g")], b"g") + member(b"x") + END
+    (entry,) = scan(archive)
+    assert (entry.path, entry.header_offset) == (b"p", 0)
+
+
+# -- other typeflags ---------------------------------------------------------------------
+
+
+def test_contiguous_dumpdir_and_volume_label() -> None:
+    """'7' is a regular file, 'D' a directory whose data is skipped, 'V' makes no entry."""
+    archive = (
+        member(b"label", b"", typeflag=b"V", magic=b"ustar  \x00")
+        + member(b"c", b"contig", typeflag=b"7")
+        + member(b"dump/", b"Ya\x00Nb\x00\x00", typeflag=b"D", magic=b"ustar  \x00", mode=0o700)
+        + member(b"after", b"A")
+        + END
+    )
+    contig, dump, after = scan(archive)
+    assert (contig.kind, contig.size) == (FILE, 6)
+    assert archive[contig.data_offset : contig.data_offset + 6] == b"contig"
+    assert (dump.kind, dump.size, dump.mode, dump.path) == (DIR, 0, 0o700, b"dump/")
+    assert archive[after.data_offset : after.data_offset + 1] == b"A"
+
+
+def test_v7_trailing_slash_is_a_directory() -> None:
+    """Pre-POSIX archives (no magic) mark directories as '0'/NUL entries ending in '/'."""
+    archive = (
+        member(b"olddir/", b"", typeflag=b"\x00", magic=b"")
+        + member(b"olddir2/", b"", typeflag=b"0", magic=b"")
+        + member(b"olddir/file", b"data", typeflag=b"\x00", magic=b"")
+        + member(b"ustar/", b"", typeflag=b"0")
+        + END
+    )
+    old1, old2, file, ustar = scan(archive)
+    assert (old1.kind, old2.kind, file.kind, ustar.kind) == (DIR, DIR, FILE, FILE)
+    assert file.size == 4 and old1.size == 0
+
+
+def test_hardlink_size_field_has_no_data() -> None:
+    """Data follows only regular files: a hardlink's size field does not skip blocks."""
+    archive = (
+        header(b"h", typeflag=b"1", size=1000, linkname=b"target")
+        + header(b"l", typeflag=b"2", size=5, linkname=b"t")
+        + member(b"next", b"N")
+        + END
+    )
+    hard, sym, nxt = scan(archive)
+    assert (hard.kind, hard.size, hard.linkname) == (HARDLINK, 0, b"target")
+    assert (sym.kind, sym.size) == (SYMLINK, 0)
+    assert nxt.path == b"next" and nxt.header_offset == 1024
+
+
+def test_signed_checksum_accepted() -> None:
+    """Old tars summed the header as signed chars; both sums are accepted."""
+    block = header(b"\xe9\xe9\xff", signed_checksum=True)
+    assert block != header(b"\xe9\xe9\xff")
+    (entry,) = scan(block + END)
+    assert entry.path == b"\xe9\xe9\xff"
+
+
+def test_eof_at_header_boundary_without_end_blocks() -> None:
+    (a, b) = scan(member(b"a", b"1") + member(b"b", b"22"))
+    assert (a.path, b.path, b.size) == (b"a", b"b", 2)
+    assert scan(b"") == []
+    assert scan(END) == []
+    assert scan(bytes(512)) == []
+
+
+def test_end_marker_with_trailing_zero_padding() -> None:
+    archive = tar_bytes(lambda tar: add(tar, "x", data=b"1"))
+    assert len(archive) == 10240  # tarfile pads to a record
+    assert [e.path for e in scan(archive)] == [b"x"]
+    assert scan(member(b"a") + bytes(512) + bytes(3 * tarscan.CHUNK + 7))[0].path == b"a"
+
+
+# -- damage (B4) ---------------------------------------------------------------------------
+
+
+def test_b4_bad_checksum() -> None:
+    archive = bytearray(member(b"usr/bin/ls", b"ELF") + member(b"usr/bin/cat", b"x") + END)
+    archive[1024 + 5] ^= 0x01  # a name byte of the second header
+    message = expect_error(bytes(archive), "checksum", "offset 1024", "'usr/bin/ls'")
+    assert message == "bad header checksum at offset 1024 (after entry 'usr/bin/ls')"
+    first = bytearray(archive)
+    first[100] ^= 0x04
+    assert expect_error(bytes(first), "checksum") == "bad header checksum at offset 0"
+    broken = bytearray(header(b"f"))
+    broken[148:156] = b"zz\x00     "
+    expect_error(bytes(broken) + END, "checksum", "offset 0")
+
+
+def test_b4_garbage_after_end_marker() -> None:
+    """B4: tarfile stops at the first zero block; we insist the rest is zero."""
+    good = member(b"a", b"1")
+    expect_error(good + bytes(512) + member(b"hidden", b"2") + END, "end-of-archive", "'a'")
+    message = expect_error(good + END + bytes(5000) + b"\x01" + bytes(100), "end-of-archive")
+    assert message == (
+        f"nonzero byte at offset {1024 + 1024 + 5000} after the end-of-archive marker"
+        " at offset 1024 (after entry 'a')"
+    )
+    far = good + END + bytes(2 * tarscan.CHUNK) + b"junk"
+    expect_error(far, f"nonzero byte at offset {1024 + 1024 + 2 * tarscan.CHUNK}")
+
+
+def test_b4_truncated() -> None:
+    archive = member(b"a", b"1") + member(b"file", b"x" * 3000) + END
+    expect_error(archive[: 1024 + 512 + 1000], "truncated in member data", "'file'")
+    expect_error(archive[: 1024 + 512 + 3000], "truncated in member data", "offset 1024")
+    expect_error(archive[: 1024 + 100], "truncated in a header", "offset 1024", "'a'")
+    long = member(b"././@LongLink", b"n" * 2000, typeflag=b"L")
+    expect_error(long[:1000], "truncated", "long name", "offset 0")
+    expect_error(long, "ends after an extension header")
+    expect_error(pax([(b"path", b"p")]) + END, "end of archive right after an extension")
+
+
+def test_b4_bad_numbers() -> None:
+    negative = b"\xff" * 12
+    expect_error(header(b"f", raw={124: negative}) + END, "size", "negative", "offset 0")
+    absurd = b"\x80" + (2**63).to_bytes(11, "big")
+    expect_error(header(b"f", raw={124: absurd}) + END, "absurd size")
+    expect_error(header(b"f", raw={100: b"07x4\x00"}) + END, "bad mode", "'f'")
+    expect_error(header(b"g", raw={108: b"\xff" * 8}) + END, "bad uid", "negative", "'g'")
+    expect_error(pax([(b"size", b"-1")]) + member(b"f") + END, "bad PAX size")
+    expect_error(pax([(b"size", b"9" * 30)]) + member(b"f") + END, "bad PAX size")
+    expect_error(pax([(b"uid", b"1e3")]) + member(b"f") + END, "bad PAX uid", "'f'")
+    expect_error(pax([(b"mtime", b"1.2.3")]) + member(b"f") + END, "bad PAX mtime")
+    expect_error(pax([(b"mtime", b"9" * 5000)]) + member(b"f") + END, "bad PAX mtime")
+
+
+def test_b4_oversized_extension_headers() -> None:
+    big = tarscan.MAX_LONGNAME + 1
+    expect_error(header(b"././@LongLink", typeflag=b"L", size=big) + END, "long name", "65537")
+    expect_error(header(b"././@LongLink", typeflag=b"K", size=big) + END, "long link")
+    # 64 KiB exactly is still accepted
+    ok = member(b"././@LongLink", b"n" * (tarscan.MAX_LONGNAME - 1) + b"\x00", typeflag=b"L")
+    (entry,) = scan(ok + member(b"x") + END)
+    assert entry.path == b"n" * (tarscan.MAX_LONGNAME - 1)
+    huge = tarscan.MAX_PAX + 1
+    expect_error(header(b"p", typeflag=b"x", size=huge) + END, "PAX header of 8388609 bytes")
+    expect_error(header(b"p", typeflag=b"g", size=huge) + END, "PAX header")
+
+
+def test_b4_unknown_typeflag() -> None:
+    message = expect_error(member(b"ok") + member(b"weird", b"", typeflag=b"Q") + END)
+    assert message == "unsupported typeflag b'Q' at offset 512 (entry 'weird')"
+    expect_error(member(b"m", b"", typeflag=b"M") + END, "typeflag b'M'")
+
+
+def test_b4_malformed_pax_records() -> None:
+    def pax_raw(data: bytes) -> bytes:
+        return member(b"PaxHeader", data, typeflag=b"x") + member(b"f") + END
+
+    good = pax_record(b"path", b"p")
+    assert scan(pax_raw(good))[0].path == b"p"
+    for bad in (
+        b"11 path=p\n",  # length too long for the data
+        b"8 path=p\n",  # length too short: the record does not end in a newline
+        b"x path=p\n",  # length not a number
+        b"10 path:p\n",  # no '='
+        b"5 =p\n",  # empty key
+        good + b"\x00\x00",  # trailing NULs
+        b"08path=p\n",  # no space after the length
+    ):
+        expect_error(pax_raw(bad), "PAX", "offset 0")
+    assert scan(pax_raw(b""))[0].path == b"f"
+    expect_error(pax([(b"SCHILY.xattr.", b"v")]) + member(b"f") + END, "xattr record without")
+
+
+def test_b4_bad_names() -> None:
+    expect_error(member(b"") + END, "empty name", "offset 0")
+    expect_error(pax([(b"path", b"a\x00b")]) + member(b"f") + END, "NUL byte")
+    expect_error(pax([(b"linkpath", b"a\x00b")]) + header(b"l", typeflag=b"2") + END, "NUL", "'l'")
+
+
+def test_never_another_exception_on_random_damage() -> None:
+    """Flipped bytes and cuts anywhere give entries or TarFormatError, nothing else."""
+    rng = random.Random(4)
+
+    def build(tar: tarfile.TarFile) -> None:
+        add(tar, "d" * 120, data=b"a" * 700, pax_headers={"SCHILY.xattr.user.x": "v"})
+        add(tar, "l", tarfile.SYMTYPE, linkname="t" * 200)
+        add(tar, "f", data=b"b" * 100, pax_headers={"mtime": "12.5"})
+
+    archives = [tar_bytes(build), tar_bytes(build, tarfile.GNU_FORMAT)]
+    sparse_header = bytearray(header(b"s", typeflag=b"S", size=10, magic=b"ustar  \x00"))
+    sparse_header[386:410] = octal(0, 12) + octal(10, 12)
+    sparse_header[483:495] = octal(20, 12)
+    archives.append(checksummed(sparse_header) + padded(b"x" * 10) + END)
+    for _ in range(1500):
+        archive = bytearray(rng.choice(archives))
+        for _ in range(rng.randint(1, 3)):
+            archive[rng.randrange(0, len(archive))] = rng.randrange(256)
+        # re-checksum the damaged header so that damage reaches the field parsers
+        start = rng.randrange(0, len(archive) // 512) * 512
+        archive[start : start + 512] = checksummed(archive[start : start + 512])
+        if rng.random() < 0.3:
+            archive = archive[: rng.randrange(len(archive))]
+        try:
+            scan(bytes(archive))
+        except TarFormatError as error:
+            assert "\n" not in str(error)
+
+
+# -- sparse files (A9) ---------------------------------------------------------------------
+
+
+def reconstruct(archive: bytes, entry: TarEntry) -> bytes:
+    """The logical content of a sparse entry, from its map and packed data."""
+    assert entry.sparse is not None
+    out = bytearray(entry.size)
+    position = entry.data_offset
+    for start, length in entry.sparse:
+        out[start : start + length] = archive[position : position + length]
+        position += length
+    return bytes(out)
+
+
+def make_sparse(path: Path, size: int, pieces: list[tuple[int, bytes]]) -> bytes:
+    subprocess.run(["truncate", "-s", str(size), str(path)], check=True)
+    for offset, data in pieces:
+        subprocess.run(
+            [
+                "dd",
+                f"of={path}",
+                "bs=4096",
+                f"seek={offset // 4096}",
+                "conv=notrunc",
+                "status=none",
+            ],
+            input=data,
+            check=True,
+            capture_output=True,
+        )
+    return path.read_bytes()
+
+
+GNU_TAR_SPARSE = [
+    ["--format=gnu"],
+    ["--format=pax", "--sparse-version=0.0"],
+    ["--format=pax", "--sparse-version=0.1"],
+    ["--format=pax", "--sparse-version=1.0"],
+]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+@pytest.mark.parametrize("options", GNU_TAR_SPARSE, ids=["gnu", "pax0.0", "pax0.1", "pax1.0"])
+def test_a9_sparse_from_gnu_tar(tmp_path: Path, options: list[str]) -> None:
+    """A9: GNU tar sparse archives (old GNU 'S' and PAX 0.0/0.1/1.0) rebuild the file."""
+    version = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout
+    if "GNU tar" not in version:
+        pytest.skip("tar is not GNU tar")
+    rng = random.Random(5)
+    block = 4096
+    # many segments: the old GNU format needs sparse extension blocks beyond 4
+    pieces = [(i * 16 * block, rng.randbytes(block * rng.randint(1, 2))) for i in range(1, 30)]
+    files = {
+        "hole-at-end": (64 * 16 * block, pieces),
+        "data-at-end": (30 * 16 * block, [*pieces, (30 * 16 * block - block, b"E" * block)]),
+        "data-at-start": (40 * block, [(0, b"S" * block), (20 * block, b"M" * 100)]),
+    }
+    contents = {}
+    for name, (size, file_pieces) in files.items():
+        contents[name] = make_sparse(tmp_path / name, size, file_pieces)
+    (tmp_path / "plain").write_bytes(b"plain file")
+    archive_path = tmp_path / "out.tar"
+    subprocess.run(
+        [
+            "tar",
+            *options,
+            "--sparse",
+            "-cf",
+            str(archive_path),
+            "-C",
+            str(tmp_path),
+            "hole-at-end",
+            "plain",
+            "data-at-end",
+            "data-at-start",
+        ],
+        check=True,
+    )
+    archive = archive_path.read_bytes()
+    entries = {e.path: e for e in scan(archive)}
+    assert set(entries) == {b"hole-at-end", b"plain", b"data-at-end", b"data-at-start"}
+    holes = os.stat(tmp_path / "hole-at-end").st_blocks * 512 < len(contents["hole-at-end"])
+    for name, data in contents.items():
+        entry = entries[name.encode()]
+        assert (entry.kind, entry.size) == (FILE, len(data))
+        assert entry.sparse is not None
+        if holes:
+            assert len(entry.sparse) > 1
+        assert reconstruct(archive, entry) == data
+        assert all(length > 0 for _, length in entry.sparse)
+    plain = entries[b"plain"]
+    assert plain.sparse is None
+    assert archive[plain.data_offset : plain.data_offset + plain.size] == b"plain file"
+
+
+def old_gnu_sparse(
+    segments: list[tuple[int, int]], realsize: int, data: bytes, name: bytes = b"s"
+) -> bytes:
+    """An old GNU 'S' header with extension blocks as needed, then the data."""
+    block = bytearray(header(name, typeflag=b"S", size=len(data), magic=b"ustar  \x00"))
+    block[483:495] = octal(realsize, 12)
+    first, rest = segments[:4], segments[4:]
+    for i, (offset, length) in enumerate(first):
+        block[386 + 24 * i : 410 + 24 * i] = octal(offset, 12) + octal(length, 12)
+    block[482] = 1 if rest else 0
+    out = checksummed(block)
+    while rest:
+        ext = bytearray(512)
+        chunk, rest = rest[:21], rest[21:]
+        for i, (offset, length) in enumerate(chunk):
+            ext[24 * i : 24 * i + 24] = octal(offset, 12) + octal(length, 12)
+        ext[504] = 1 if rest else 0
+        out += bytes(ext)
+    return out + padded(data)
+
+
+def test_a9_old_gnu_sparse_handmade() -> None:
+    segments = [(i * 1000, 10) for i in range(30)]
+    data = bytes(range(256)) + bytes(44)
+    archive = old_gnu_sparse(segments, 40000, data) + member(b"after", b"A") + END
+    sparse, after = scan(archive)
+    assert (sparse.kind, sparse.size, sparse.sparse) == (FILE, 40000, tuple(segments))
+    assert sparse.data_offset == 512 * 3  # header + 2 extension blocks
+    assert archive[sparse.data_offset : sparse.data_offset + 300] == data
+    assert archive[after.data_offset : after.data_offset + 1] == b"A"
+
+
+def test_a9_sparse_map_validation() -> None:
+    expect_error(old_gnu_sparse([(0, 10), (5, 10)], 100, b"x" * 20), "overlap", "'s'")
+    expect_error(old_gnu_sparse([(10, 10), (0, 10)], 100, b"x" * 20), "out of order")
+    expect_error(old_gnu_sparse([(0, 10), (95, 10)], 100, b"x" * 20), "beyond the end")
+    expect_error(old_gnu_sparse([(0, 10)], 100, b"x" * 20), "covers 10 bytes but 20")
+
+    def pax01(map_text: bytes, size: int, data: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
+        records = [
+            (b"GNU.sparse.size", str(size).encode()),
+            (b"GNU.sparse.name", b"real/name"),
+            (b"GNU.sparse.map", map_text),
+            *extra,
+        ]
+        return pax(records) + member(b"GNUSparseFile.1/name", data) + END
+
+    (entry,) = scan(pax01(b"0,3,10,2", 20, b"abcde", []))
+    assert (entry.path, entry.size, entry.sparse) == (b"real/name", 20, ((0, 3), (10, 2)))
+    expect_error(pax01(b"0,3,10", 20, b"abc", []), "odd count", "'real/name'")
+    expect_error(pax01(b"0,3,x,2", 20, b"abcde", []), "bad number in GNU.sparse.map")
+    expect_error(pax01(b"0,3,2,2", 20, b"abcde", []), "overlap")
+    expect_error(pax01(b"0,3,10,2", 20, b"abcd", []), "covers 5 bytes but 4")
+    expect_error(
+        pax01(b"0,3,10,2", 20, b"abcde", [(b"GNU.sparse.numblocks", b"3")]), "numblocks is 3"
+    )
+
+    def pax10(map_lines: bytes, data: bytes, major: bytes = b"1") -> bytes:
+        records = [
+            (b"GNU.sparse.major", major),
+            (b"GNU.sparse.minor", b"0"),
+            (b"GNU.sparse.name", b"ten"),
+            (b"GNU.sparse.realsize", b"100"),
+        ]
+        stored = padded(map_lines) + data
+        return pax(records) + member(b"GNUSparseFile.2/ten", stored) + END
+
+    archive = pax10(b"2\n0\n4\n50\n2\n", b"wxyz12")
+    (entry,) = scan(archive)
+    assert (entry.size, entry.sparse, entry.data_offset) == (100, ((0, 4), (50, 2)), 2048)
+    assert archive[2048:2054] == b"wxyz12"
+    # a map of more than one block
+    many = [(i * 3, 1) for i in range(33)]
+    big_map = b"".join([b"%d\n" % 33] + [b"%020d\n%020d\n" % pair for pair in many])
+    assert len(big_map) > 1024
+    (entry,) = scan(pax10(big_map, b"q" * 33))
+    assert entry.sparse == tuple(many) and entry.data_offset == 1536 + 1536
+    expect_error(pax10(b"2\n0\n4\n50\n", b"wxyz12"), "sparse map", "'ten'")
+    expect_error(pax10(b"2\n0\n4\nz\n2\n", b"wxyz12"), "bad number in the sparse map")
+    expect_error(pax10(b"2\n0\n4\n50\n2\n", b"wxyz12", major=b"2"), "sparse format 2.0")
+    expect_error(pax10(b"1\n0\n4\n", b"wxyz12"), "covers 4 bytes but 6")
+
+
+def test_a9_pax_sparse_0_0_handmade() -> None:
+    records = [
+        (b"GNU.sparse.size", b"30"),
+        (b"GNU.sparse.numblocks", b"2"),
+        (b"GNU.sparse.offset", b"5"),
+        (b"GNU.sparse.numbytes", b"2"),
+        (b"GNU.sparse.offset", b"20"),
+        (b"GNU.sparse.numbytes", b"10"),
+    ]
+    archive = pax(records) + member(b"zero", b"AB0123456789") + END
+    (entry,) = scan(archive)
+    assert (entry.path, entry.size, entry.sparse) == (b"zero", 30, ((5, 2), (20, 10)))
+    assert reconstruct(archive, entry) == bytes(5) + b"AB" + bytes(13) + b"0123456789"
+    swapped = [*records[:3], records[4], records[3], *records[5:]]
+    expect_error(pax(swapped) + member(b"zero", b"AB0123456789") + END, "GNU.sparse")
