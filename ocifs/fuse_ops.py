@@ -38,14 +38,18 @@ def handler(
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn any unexpected exception into EIO, logged, so that the mount stays up."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s%r", name, args[1:])
         try:
             return await method(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except Exception:
-            logger.exception("%s failed", method.__name__)
+            logger.exception("%s failed", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper

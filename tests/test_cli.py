@@ -1,0 +1,110 @@
+"""The command line around the mount: progress on a terminal only, umount, usage errors."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from mounting import OCIFS, is_mounted, mounted, run_ocifs, unmount
+from tarbuild import f, make_tar
+
+from ocifs.ocibuild import LayoutWriter, host_platform
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "layout"
+    writer = LayoutWriter(root)
+    layer = writer.add_layer(make_tar([f("hello", b"hello\n")]))
+    writer.add_image([layer], ref="v1", platform=host_platform())
+    writer.save()
+    return root
+
+
+def test_progress_is_shown_on_a_terminal(layout: Path, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    command = shlex.join([*OCIFS, "mount", f"{layout}:v1", str(mountpoint)])
+    try:
+        result = subprocess.run(
+            ["script", "-qefc", command, "/dev/null"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout
+        assert "indexing 1 layer(s)" in result.stdout
+        assert (mountpoint / "hello").read_bytes() == b"hello\n"
+    finally:
+        unmount(mountpoint)
+
+
+def test_quiet_when_not_a_terminal(layout: Path, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        result = run_ocifs("mount", f"{layout}:v1", str(mountpoint))
+        assert result.returncode == 0
+        assert (result.stdout, result.stderr) == ("", "")
+    finally:
+        unmount(mountpoint)
+
+
+def test_umount_unmounts_and_the_daemon_exits(layout: Path, tmp_path: Path) -> None:
+    with mounted(f"{layout}:v1", tmp_path / "mnt") as mnt:
+        daemons = daemon_pids(mnt)
+        assert len(daemons) == 1
+        result = run_ocifs("umount", str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mnt)
+        wait_gone(daemons[0])
+
+
+def test_umount_refuses_what_is_not_an_ocifs_mount(tmp_path: Path) -> None:
+    result = run_ocifs("umount", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"ocifs: error: {tmp_path} is not mounted"
+    result = run_ocifs("umount", "/proc")
+    assert result.returncode == 1
+    assert "is not an ocifs mount (it is proc)" in result.stderr
+
+
+def test_fsname_and_options_show_in_the_mount_table(layout: Path, tmp_path: Path) -> None:
+    with mounted(f"{layout}:v1", tmp_path / "mnt") as mnt:
+        line = next(
+            line
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1] == str(mnt)
+        )
+        source, _, fstype, options = line.split()[:4]
+        assert (source, fstype) == (f"{layout}:v1", "fuse.ocifs")
+        assert "ro" in options.split(",")
+        assert "default_permissions" in options.split(",")
+
+
+def test_usage_errors_exit_2_without_traceback() -> None:
+    result = subprocess.run([*OCIFS, "mount"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+def daemon_pids(mountpoint: Path) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ocifs" in argv and b"mount" in argv and str(mountpoint).encode() in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_gone(pid: int) -> None:
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        subprocess.run(["sleep", "0.05"])
+    raise AssertionError(f"daemon {pid} still running after umount")
