@@ -287,10 +287,22 @@ RAW_LAYERS: list[tuple[str, str, list[Member]]] = [
             f("half-second", b"ns\n", pax={"mtime": "1600000000.5"}),
             d("nsdir", pax={"mtime": "1234567890.000000001"}),
             sym("nsdir/link", "../chain/c", mode=0o777, pax={"mtime": NS}),
+        ],
+    ),
+    (
+        # Header values no umoci-built layer carries, where umoci's extraction shows
+        # something else than the header says.
+        "odd-1",
+        "tree-2",
+        [
             # A symlink whose header mode is not 0777 (tarfile-based tools write such
             # headers; umoci repack never does). Linux has no symlink permissions: lstat
             # shows 0777 after any extraction, umoci's included.
-            sym("odd-mode-link", "chain/a", mode=0o644),
+            sym("odd-mode-link", "keep.txt", mode=0o644),
+            # A7: an empty xattr value. umoci repack never writes one (the tree-1 layer has
+            # no user.empty); umoci unpack 0.4.7 does not set it either (POSIX pax reads an
+            # empty record value as "delete the key"), while A7 asks ocifs to keep it.
+            f("xattr-empty", b"", pax={"SCHILY.xattr.user.empty": "", "SCHILY.xattr.user.x": "1"}),
         ],
     ),
     (
@@ -397,6 +409,7 @@ def test_ocifs_matches_umoci_unpack(
     sub-second mtimes on a file, a directory and a symlink). raw-2: H5 (whiteout of one
     name of a chain, of a lower link target), W4 (opaque marker with no directory entry).
     raw-3: W4 (opaque marker at the root hides the whole lower tree), M10-style root entry.
+    odd-1: A5 (a symlink header mode other than 0777), A7 (an empty xattr value).
     """
     ref = reference(image)
     with mounted(f"{layout}:{image}", tmp_path / "mnt") as mnt:
