@@ -219,7 +219,7 @@ def tree_3(r: Path) -> None:
 
 
 def tree_4(r: Path) -> None:
-    """Layer 4: a directory emptied (W1/W4), metadata-only changes, a directory -> symlink."""
+    """Layer 4: a directory emptied (W1, a whiteout per child), metadata changes, dir -> symlink."""
     for child in os.listdir(r / "etc"):
         os.unlink(r / "etc" / child)
     os.chmod(r / "with space", 0o700)
@@ -291,7 +291,7 @@ RAW_LAYERS: list[tuple[str, str, list[Member]]] = [
     ),
     (
         # Header values no umoci-built layer carries, where umoci's extraction shows
-        # something else than the header says.
+        # something other than the header says.
         "odd-1",
         "tree-2",
         [
@@ -395,15 +395,17 @@ def test_ocifs_matches_umoci_unpack(
 
     tree-1: M1, A1 (absolute, dangling, ``../..``, looping links), A2, A3 (fifo, char and
     block devices), A4 (1234:5678, 100000, 3000000), A5 (setuid, setgid, sticky, 07777,
-    0000), A6, A7 (binary user.* values, an empty value, security.capability), A8 (spaces,
-    non-UTF-8 bytes, a 205-byte name), A11 (directory nlink), H1 (three names in one
-    layer). tree-2: M2 (content, mode, owner, xattrs replaced), M3 (a directory over a
+    0000), A7 (binary user.* values, security.capability; umoci leaves out the empty value),
+    A8 (spaces, non-UTF-8 bytes, a 205-byte name), A11 (directory nlink), H1 (three names in
+    one layer). Nanosecond mtimes are set, but umoci rounds them to seconds.
+    tree-2: M2 (content, mode, owner, xattrs replaced), M3 (a directory over a
     directory keeps lower children, takes upper attributes), M4 (directory -> file, file
     -> directory, file -> symlink), W1 (file, symlink, directory with its subtree), H1 (links
     added to layer-1 files), H5 (one name replaced). tree-3: W5 (directory -> file ->
     directory with no old children, a deleted file and a deleted tree back again), H5 (names
-    removed, nlink drops), M2 (an xattr removed). tree-4: W1/W4 (every child of a directory
-    removed), metadata-only changes, directory -> symlink, a deep subtree cut.
+    removed, nlink drops), M2 (an xattr removed). tree-4: W1 (every child of a directory
+    removed, one whiteout each: umoci repack never writes opaque markers), metadata-only
+    changes, directory -> symlink, a deep subtree cut (whiteouts under the new file).
     big-1/2: 24 MiB content read through the mount, a hardlink to it (H1).
     raw-1: W4 (opaque marker), H4 (link chain), H1 (link to a lower file), A6 (PAX
     sub-second mtimes on a file, a directory and a symlink). raw-2: H5 (whiteout of one
