@@ -79,11 +79,13 @@ MAX_SIZE = 1 << 62  # larger sizes (and offsets) are taken as damage
 MAX_LONGNAME = 64 * 1024  # GNU 'L' / 'K' data
 MAX_PAX = 8 * 1024 * 1024  # PAX 'x' / 'g' data
 MAX_SPARSE_MAP = 64 * 1024 * 1024  # PAX 1.0 sparse map at the start of the member data
+MAX_SPARSE_SEGMENTS = 1 << 21  # old GNU sparse map (header and extension blocks)
 MAX_ID = 1 << 63  # uid / gid
 MAX_MTIME_NS = (1 << 63) - 1  # mtime_ns must fit a signed 64-bit time
 
 _ZERO_BLOCK = bytes(BLOCKSIZE)
 _OCTAL_DIGITS = b"01234567"
+_OCTAL_FIELD_BYTES = b"01234567 \x00"  # all a plain octal field may hold
 _DECIMAL_DIGITS = b"0123456789"
 _LOW_BYTES = bytes(range(128))
 _POSIX_MAGIC = b"ustar\x00"
@@ -225,13 +227,14 @@ class _Reader:
 class _Pending:
     """Extension headers seen since the last real entry; they apply to the next one only."""
 
-    __slots__ = ("longlink", "longname", "pax", "start")
+    __slots__ = ("longlink", "longname", "pax", "pax_bytes", "start")
 
     def __init__(self) -> None:
         self.start: int | None = None
         self.longname: bytes | None = None
         self.longlink: bytes | None = None
         self.pax: list[tuple[bytes, bytes]] = []
+        self.pax_bytes = 0  # PAX data seen for this entry, over all its 'x' headers
 
     def empty(self) -> bool:
         return self.start is None
@@ -337,7 +340,13 @@ class _Scanner:
                 return
             self.check_checksum(block, offset)
             typeflag = block[156:157]
-            size = self.header_number(block, 124, 136, "size", offset, None)
+            field = block[124:136]
+            try:  # fast path for the usual plain octal field; the slow one names the problem
+                if field.translate(None, _OCTAL_FIELD_BYTES):
+                    raise ValueError
+                size = int(field.split(b"\x00", 1)[0], 8)
+            except ValueError:
+                size = self.header_number(block, 124, 136, "size", offset, None)
             if size > MAX_SIZE:
                 self.fail(f"absurd size {size} in header", offset)
 
@@ -358,6 +367,9 @@ class _Scanner:
                     self.fail(f"PAX header of {size} bytes (over {MAX_PAX})", offset)
                 records = self.pax_records(self.read_data(size, offset, "PAX"), offset)
                 if typeflag == b"x":
+                    pending.pax_bytes += size
+                    if pending.pax_bytes > MAX_PAX:
+                        self.fail(f"PAX headers of one entry over {MAX_PAX} bytes", offset)
                     if pending.start is None:
                         pending.start = offset
                     pending.pax.extend(records)
@@ -421,12 +433,22 @@ class _Scanner:
         else:
             self.fail(f"unsupported typeflag {typeflag!r}", offset, shown)
 
-        mode = self.header_number(block, 100, 108, "mode", offset, shown) & 0o7777
-        uid = self.header_number(block, 108, 116, "uid", offset, shown)
-        gid = self.header_number(block, 116, 124, "gid", offset, shown)
-        mtime_ns = self.header_number(block, 136, 148, "mtime", offset, shown) * 1_000_000_000
+        try:  # fast path for the usual plain octal fields; the slow one names the problem
+            if block[100:148].translate(None, _OCTAL_FIELD_BYTES):
+                raise ValueError
+            mode = int(block[100:108].split(b"\x00", 1)[0], 8)
+            uid = int(block[108:116].split(b"\x00", 1)[0], 8)
+            gid = int(block[116:124].split(b"\x00", 1)[0], 8)
+            mtime = int(block[136:148].split(b"\x00", 1)[0], 8)
+        except ValueError:
+            mode = self.header_number(block, 100, 108, "mode", offset, shown)
+            uid = self.header_number(block, 108, 116, "uid", offset, shown)
+            gid = self.header_number(block, 116, 124, "gid", offset, shown)
+            mtime = self.header_number(block, 136, 148, "mtime", offset, shown)
+        mode &= 0o7777
+        mtime_ns = mtime * 1_000_000_000
         devmajor = devminor = 0
-        if is_ustar:
+        if is_ustar and kind in (CHAR, BLOCK):
             devmajor = self.header_number(block, 329, 337, "devmajor", offset, shown)
             devminor = self.header_number(block, 337, 345, "devminor", offset, shown)
 
@@ -583,6 +605,8 @@ class _Scanner:
                 entry = area[i * 24 : i * 24 + 24]
                 if entry[12] == 0:
                     break  # an entry whose numbytes field is empty ends the map
+                if len(segments) >= MAX_SPARSE_SEGMENTS:
+                    self.fail(f"sparse map of over {MAX_SPARSE_SEGMENTS} segments", offset, path)
                 try:
                     segments.append((_number(entry[:12]), _number(entry[12:])))
                 except _BadNumber as error:

@@ -690,6 +690,12 @@ def test_b4_oversized_extension_headers() -> None:
     huge = tarscan.MAX_PAX + 1
     expect_error(header(b"p", typeflag=b"x", size=huge) + END, "PAX header of 8388609 bytes")
     expect_error(header(b"p", typeflag=b"g", size=huge) + END, "PAX header")
+    # many 'x' headers for one entry add up
+    half = pax([(b"comment", b"c" * (tarscan.MAX_PAX // 2))])
+    message = expect_error(half * 2 + member(b"f") + END, "PAX headers of one entry over 8388608")
+    assert f"at offset {len(half)}" in message
+    (entry,) = scan(half + member(b"f") + END)  # one of them is fine
+    assert entry.path == b"f"
 
 
 def test_b4_unknown_typeflag() -> None:
@@ -946,3 +952,39 @@ def test_a9_pax_sparse_0_0_handmade() -> None:
     assert reconstruct(archive, entry) == bytes(5) + b"AB" + bytes(13) + b"0123456789"
     swapped = [*records[:3], records[4], records[3], *records[5:]]
     expect_error(pax(swapped) + member(b"zero", b"AB0123456789") + END, "GNU.sparse")
+
+
+def test_a9_sparse_map_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """B4: an endless chain of sparse extension blocks or map lines is cut off."""
+    monkeypatch.setattr(tarscan, "MAX_SPARSE_SEGMENTS", 10)
+    segments = [(i * 10, 1) for i in range(11)]
+    expect_error(old_gnu_sparse(segments, 200, b"x" * 11) + END, "over 10 segments", "'s'")
+    assert scan(old_gnu_sparse(segments[:10], 200, b"x" * 10) + END)[0].sparse == tuple(
+        segments[:10]
+    )
+    monkeypatch.setattr(tarscan, "MAX_SPARSE_MAP", 1024)
+    records = [
+        (b"GNU.sparse.major", b"1"),
+        (b"GNU.sparse.minor", b"0"),
+        (b"GNU.sparse.realsize", b"100"),
+    ]
+    endless = b"1" * 5000  # no newline ever
+    expect_error(pax(records) + member(b"f", endless) + END, "sparse map runs past")
+
+
+def test_octal_field_variants() -> None:
+    """Octal fields: NUL or space padded, leading spaces, empty = 0; anything else fails."""
+    variants = {
+        b"0000755\x00": 0o755,
+        b"    755 ": 0o755,
+        b"755\x00\x00\x00\x00\x00": 0o755,
+        b"0000755 ": 0o755,
+        b"\x00" * 8: 0,
+        b" " * 8: 0,
+        b"755\x00junk": 0o755,
+    }
+    for field, expected in variants.items():
+        (entry,) = scan(header(b"f", raw={100: field, 108: field}) + END)
+        assert (entry.mode, entry.uid) == (expected, expected), field
+    for bad in (b"7 55\x00", b"+755\x00", b"7_55\x00", b"0o755\x00", b"\t755\x00", b"789\x00"):
+        expect_error(header(b"f", raw={100: bad + b"\x00" * (8 - len(bad))}) + END, "bad mode")
