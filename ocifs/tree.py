@@ -253,6 +253,7 @@ def new_leaf(layer: int, entry: TarEntry) -> Node:
         node.offset = entry.data_offset
         node.sparse = entry.sparse
     elif entry.kind == SYMLINK:
+        node.mode = stat.S_IFLNK | 0o777  # Linux symlinks are always 0777, whatever the header says
         node.target = entry.linkname
         node.size = len(entry.linkname)  # A2
     elif entry.kind in (CHAR, BLOCK):

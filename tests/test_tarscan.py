@@ -11,17 +11,11 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-try:
-    import ocifs  # noqa: F401
-except ImportError:  # running from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ocifs import tarscan
 from ocifs.errors import TarFormatError
