@@ -392,7 +392,9 @@ def _open_layout(layout: Path) -> list[_Descriptor]:
     index = _read_file_json(layout / "index.json", where)
     _check_schema_version(index, where)
     media_type = index.get("mediaType")
-    if media_type is not None and media_type not in INDEX_TYPES:
+    if media_type is not None and (
+        not isinstance(media_type, str) or media_type not in INDEX_TYPES
+    ):
         _fail(f"{where}: mediaType {media_type!r} is not an image index")
     return _parse_descriptor_list(index.get("manifests"), "manifests", where)
 

@@ -6,10 +6,12 @@ patched by hand. Every test passes an explicit platform unless it tests the host
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import os
+import random
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -1106,6 +1108,10 @@ def test_b2_layer_blob_is_a_directory(tmp_path: Path) -> None:
         ),
         (b'{"manifests": []}', "index.json: schemaVersion must be 2, got None"),
         (
+            b'{"schemaVersion": 2, "mediaType": {}, "manifests": []}',
+            "index.json: mediaType {} is not an image index",
+        ),
+        (
             b'{"schemaVersion": 2, "mediaType": "application/json", "manifests": []}',
             "index.json: mediaType 'application/json' is not an image index",
         ),
@@ -1262,3 +1268,66 @@ def test_b1_document_exactly_4mib_is_accepted(tmp_path: Path) -> None:
     simple(tmp_path, config_edit=edit)
     result = resolve(tmp_path, platform=AMD64)
     assert len(result.config["padding"]) > 4_000_000
+
+
+# --- B1: no other exception type escapes -------------------------------------------------------
+
+FUZZ_VALUES: list[Any] = [None, True, 0, -1, 1.5, "", "x", "sha256:" + "0" * 64, [], {}, [1], 2**70]
+
+
+def fuzz_edit(rng: random.Random) -> Callable[[dict[str, Any]], None]:
+    """Replace or delete one random node of a document (before it is hashed)."""
+
+    def edit(document: dict[str, Any]) -> None:
+        paths: list[list[Any]] = []
+
+        def walk(node: Any, path: list[Any]) -> None:
+            paths.append(path)
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    walk(value, [*path, key])
+            elif isinstance(node, list):
+                for i, value in enumerate(node):
+                    walk(value, [*path, i])
+
+        walk(document, [])
+        path = rng.choice(paths[1:])
+        parent: Any = document
+        for key in path[:-1]:
+            parent = parent[key]
+        if isinstance(parent, dict) and rng.random() < 0.25:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = copy.deepcopy(rng.choice(FUZZ_VALUES))
+
+    return edit
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_b1_random_damage_raises_only_layout_error(tmp_path: Path, seed: int) -> None:
+    """Damaged config, manifest, index or index.json: a result or a one-line LayoutError."""
+    rng = random.Random(seed)
+    target = rng.choice(["config", "manifest", "index", "index.json"])
+    edit = fuzz_edit(rng)
+    w = LayoutWriter(tmp_path)
+    amd = image(
+        w,
+        nlayers=2,
+        config_edit=edit if target == "config" else None,
+        manifest_edit=edit if target == "manifest" else None,
+    )
+    arm = docker_image(w, ("linux", "arm64", "v8"))
+    entries = [amd, arm, attestation(w, amd["digest"])]
+    document: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    if target == "index":
+        edit(document)
+    w.add_to_index(w.add_json(document, OCI_INDEX), "latest")
+    w.save()
+    if target == "index.json":
+        top = load_index(tmp_path)
+        edit(top)
+        write_index(tmp_path, top)
+    try:
+        resolve(tmp_path, rng.choice([None, "latest"]), platform=AMD64)
+    except LayoutError as e:
+        assert str(e) and "\n" not in str(e)
