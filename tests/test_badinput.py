@@ -1,0 +1,356 @@
+"""Bad input on the command line: every case fails before anything is mounted (B1-B5).
+
+Each case writes a small layout that is wrong in exactly one way (JSON and blobs written by hand
+where the defect is in a digest, so that only the tested check can fire), runs
+``ocifs mount`` and asserts: a non-zero exit, exactly one non-empty line on stderr that carries
+the key facts (the ref asked and the refs present, the layer index and digest, the entry name),
+no traceback, and nothing mounted. Ids: B1-B5, R2, R3, R5, R7, R9, R10, W7, P2, P3, H3, M10.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mounting import is_mounted, run_ocifs, unmount
+from tarbuild import Member, d, f, link, make_tar
+
+from ocifs.ocibuild import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    OCI_MANIFEST,
+    REF_NAME,
+    gzip_bytes,
+    host_platform,
+    sha256_digest,
+)
+
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+GOOD_TAR = make_tar([d("etc"), f("etc/hostname", b"ocifs\n"), f("hello", b"hi\n")])
+
+
+class Layout:
+    """An OCI layout written by hand, so any digest, size or diff_id can be made wrong."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "blobs" / "sha256").mkdir(parents=True)
+        (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        self.manifests: list[dict[str, Any]] = []
+
+    def path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+    def blob(self, data: bytes, media_type: str) -> dict[str, Any]:
+        digest = sha256_digest(data)
+        self.path(digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    def layer(
+        self, tar: bytes, compression: str = "gzip", media_type: str | None = None
+    ) -> tuple[dict[str, Any], str]:
+        data = gzip_bytes(tar) if compression == "gzip" else tar
+        default = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
+        return self.blob(data, media_type or default), sha256_digest(tar)
+
+    def image(
+        self,
+        layers: list[tuple[dict[str, Any], str]],
+        ref: str | None = "latest",
+        platform: tuple[str, str] | None = None,
+        listed: bool = True,
+    ) -> dict[str, Any]:
+        os_name, arch = platform or host_platform()
+        config = {
+            "architecture": arch,
+            "os": os_name,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
+            "config": {},
+        }
+        config_descriptor = self.blob(json.dumps(config).encode(), OCI_CONFIG)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config_descriptor,
+            "layers": [descriptor for descriptor, _ in layers],
+        }
+        descriptor = self.blob(json.dumps(manifest).encode(), OCI_MANIFEST)
+        descriptor["platform"] = {"os": os_name, "architecture": arch}
+        if listed:
+            self.list(descriptor, ref)
+        return descriptor
+
+    def nested_index(self, manifests: list[dict[str, Any]], ref: str) -> None:
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+        self.list(self.blob(json.dumps(index).encode(), OCI_INDEX), ref)
+
+    def list(self, descriptor: dict[str, Any], ref: str | None) -> None:
+        entry = dict(descriptor)
+        if ref is not None:
+            entry["annotations"] = {REF_NAME: ref}
+        self.manifests.append(entry)
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.manifests}
+        (self.root / "index.json").write_text(json.dumps(index))
+
+
+def two_layers(root: Path, upper: bytes, compression: str = "gzip") -> tuple[Layout, dict]:
+    """A good layer 0 and the given tar as layer 1; returns the layout and layer 1's
+    descriptor."""
+    layout = Layout(root)
+    lower = layout.layer(GOOD_TAR)
+    top = layout.layer(upper, compression)
+    layout.image([lower, top])
+    return layout, top[0]
+
+
+def mount_fails(tmp_path: Path, image: str, *facts: str, options: tuple[str, ...] = ()) -> str:
+    """Run ``ocifs mount``; check the failure contract; return the one line of stderr."""
+    mountpoint = tmp_path / "mnt"
+    if not mountpoint.exists():
+        mountpoint.mkdir()
+    try:
+        result = run_ocifs("mount", *options, image, str(mountpoint))
+        assert result.returncode != 0, "ocifs mount succeeded on bad input"
+        assert "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.rstrip("\n").split("\n")
+        assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+        line = lines[0]
+        assert line.strip(), "stderr is empty"
+        for fact in facts:
+            assert fact in line, f"{fact!r} missing from: {line}"
+        assert not is_mounted(mountpoint), "a failed mount left the mountpoint mounted"
+        return line
+    finally:
+        if mountpoint.exists():
+            unmount(mountpoint)
+
+
+# --- the layout (B1, R2, R3, R5) -------------------------------------------------------------
+
+
+def test_b1_layout_dir_missing(tmp_path: Path) -> None:
+    """B1: the layout directory does not exist."""
+    missing = tmp_path / "no-such-layout"
+    mount_fails(tmp_path, f"{missing}:latest", str(missing))
+
+
+def test_b1_no_oci_layout_file(tmp_path: Path) -> None:
+    """B1: the layout has no oci-layout file."""
+    layout = Layout(tmp_path / "layout")
+    layout.image([layout.layer(GOOD_TAR)])
+    (layout.root / "oci-layout").unlink()
+    mount_fails(tmp_path, f"{layout.root}:latest", "oci-layout")
+
+
+def test_b1_malformed_index_json(tmp_path: Path) -> None:
+    """B1: index.json is not JSON."""
+    layout = Layout(tmp_path / "layout")
+    layout.image([layout.layer(GOOD_TAR)])
+    (layout.root / "index.json").write_text('{"schemaVersion": 2, "manifests": [')
+    mount_fails(tmp_path, f"{layout.root}:latest", "index.json")
+
+
+def test_r3_ref_not_found_lists_refs(tmp_path: Path) -> None:
+    """R3: an unknown ref names the ref asked and lists the refs present."""
+    layout = Layout(tmp_path / "layout")
+    layout.image([layout.layer(GOOD_TAR)], ref="latest")
+    layout.image([layout.layer(make_tar([f("v1")]))], ref="v1.0")
+    mount_fails(tmp_path, f"{layout.root}:v2", "v2", "latest", "v1.0")
+
+
+def test_r2_digest_not_found(tmp_path: Path) -> None:
+    """R2 R3: LAYOUT@DIGEST with a digest that no descriptor has names that digest."""
+    layout = Layout(tmp_path / "layout")
+    layout.image([layout.layer(GOOD_TAR)])
+    absent = "sha256:" + "ab" * 32
+    mount_fails(tmp_path, f"{layout.root}@{absent}", absent)
+
+
+def test_r5_platform_not_present(tmp_path: Path) -> None:
+    """R5: --platform that the image index does not have lists the platforms present."""
+    layout = Layout(tmp_path / "layout")
+    amd64 = layout.image([layout.layer(GOOD_TAR)], platform=("linux", "amd64"), listed=False)
+    arm64 = layout.image([layout.layer(GOOD_TAR)], platform=("linux", "arm64"), listed=False)
+    layout.nested_index([amd64, arm64], "multi")
+    wanted = ("--platform", "linux/s390x")
+    image = f"{layout.root}:multi"
+    mount_fails(tmp_path, image, "linux/s390x", "linux/amd64", "linux/arm64", options=wanted)
+
+
+def test_mountpoint_missing(tmp_path: Path) -> None:
+    """The mountpoint does not exist: one line naming it, nothing created."""
+    layout = Layout(tmp_path / "layout")
+    layout.image([layout.layer(GOOD_TAR)])
+    mountpoint = tmp_path / "no-such-mountpoint"
+    result = run_ocifs("mount", f"{layout.root}:latest", str(mountpoint))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].strip(), result.stderr
+    assert str(mountpoint) in lines[0]
+    assert not mountpoint.exists()
+
+
+# --- blobs (B2, R7, R9, R10) -----------------------------------------------------------------
+
+
+def test_r10_missing_layer_blob(tmp_path: Path) -> None:
+    """R10 B2: a missing layer blob is named by its layer index and digest."""
+    layout, top = two_layers(tmp_path / "layout", make_tar([f("upper", b"up")]))
+    layout.path(top["digest"]).unlink()
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+
+
+def test_r9_layer_digest_mismatch(tmp_path: Path) -> None:
+    """R9 B2: the blob's content changed, same size; still valid gzip of the same tar (only the
+    gzip header's mtime differs), so only the digest check can catch it."""
+    layout, top = two_layers(tmp_path / "layout", make_tar([f("upper", b"up")]))
+    path = layout.path(top["digest"])
+    data = bytearray(path.read_bytes())
+    data[4:8] = (123456789).to_bytes(4, "little")
+    assert gzip.decompress(bytes(data)) == gzip.decompress(path.read_bytes())
+    path.write_bytes(bytes(data))
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+
+
+def test_r9_diff_id_mismatch(tmp_path: Path) -> None:
+    """R9 B2: the config's diff_id does not match the decompressed layer."""
+    layout = Layout(tmp_path / "layout")
+    lower = layout.layer(GOOD_TAR)
+    descriptor, _ = layout.layer(make_tar([f("upper", b"up")]))
+    wrong = sha256_digest(b"not this layer")
+    layout.image([lower, (descriptor, wrong)])
+    line = mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", descriptor["digest"])
+    assert "diff" in line.lower()
+
+
+def test_r7_zstd_layer_unsupported(tmp_path: Path) -> None:
+    """R7 B2: a tar+zstd layer is rejected as unsupported, naming the layer."""
+    layout = Layout(tmp_path / "layout")
+    lower = layout.layer(GOOD_TAR)
+    zstd = layout.layer(make_tar([f("z")]), "none", media_type=OCI_LAYER_ZSTD)
+    layout.image([lower, zstd])
+    line = mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", zstd[0]["digest"])
+    assert "zstd" in line.lower()
+
+
+# --- compression and tar (B3, B4) ------------------------------------------------------------
+
+
+def damaged_gzip_layer(root: Path, damage: str) -> tuple[Layout, dict]:
+    """Layer 1 is gzip, damaged; its descriptor (digest, size) and diff_id fit the damaged
+    blob and the original tar, so only decompression can fail."""
+    layout = Layout(root)
+    lower = layout.layer(GOOD_TAR)
+    tar = make_tar([f(f"file{i}", bytes([65 + i % 26]) * 20_000) for i in range(20)])
+    compressed = gzip_bytes(tar)
+    if damage == "truncated":
+        data = compressed[: len(compressed) // 2]
+    else:
+        data = compressed + b"this is not a gzip member, just trailing garbage\n"
+    top = (layout.blob(data, OCI_LAYER_GZIP), sha256_digest(tar))
+    layout.image([lower, top])
+    return layout, top[0]
+
+
+def test_b3_truncated_gzip(tmp_path: Path) -> None:
+    """B3: a gzip stream cut in half."""
+    layout, top = damaged_gzip_layer(tmp_path / "layout", "truncated")
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+
+
+def test_b3_garbage_after_gzip_stream(tmp_path: Path) -> None:
+    """B3: bytes after the end of the gzip stream."""
+    layout, top = damaged_gzip_layer(tmp_path / "layout", "garbage")
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_b4_bad_header_checksum_mid_archive(tmp_path: Path, compression: str) -> None:
+    """B4: one flipped byte in the second member's header; digest and diff_id are recomputed so
+    only the tar is bad. The message names the layer and the header's offset."""
+    members = [f("first", b"1" * 100), f("second", b"2" * 100), f("third", b"3" * 100)]
+    tar = bytearray(make_tar(members, fmt=tarfile.USTAR_FORMAT))
+    offset = 1024  # header 512 bytes + 100 bytes of data padded to 512
+    assert tar[offset : offset + 6] == b"second"
+    tar[offset + 3] ^= 0x20  # "second" -> "seCond", checksum left as it was
+    layout, top = two_layers(tmp_path / "layout", bytes(tar), compression)
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], str(offset))
+
+
+# --- entries (B5: P2, P3, W7, H3, M10) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/../../evil", "./../evil"])
+def test_p2_path_escaping_the_root(tmp_path: Path, name: str) -> None:
+    """P2 B5: a name that escapes the root rejects the layer, naming the entry; nothing is
+    written outside."""
+    work = tmp_path / "work"
+    work.mkdir()
+    layout, top = two_layers(work / "layout", make_tar([d("a"), f(name, b"evil\n")]))
+    mount_fails(work, f"{layout.root}:latest", "layer 1", top["digest"], "evil")
+    for place in [tmp_path, work, work / "layout", work / "layout" / "blobs"]:
+        assert not (place / "evil").exists()
+    assert list((work / "mnt").iterdir()) == []
+
+
+def test_p3_component_over_255_bytes(tmp_path: Path) -> None:
+    """P3 B5: a name component longer than 255 bytes."""
+    long_name = "d/" + "x" * 256
+    layout, top = two_layers(tmp_path / "layout", make_tar([d("d"), f(long_name, b"long")]))
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+
+
+@pytest.mark.parametrize("name", ["d/.wh..", "d/.wh...", "d/.wh.", "d/.wh.x/y"])
+def test_w7_bad_whiteout(tmp_path: Path, name: str) -> None:
+    """W7 B5: `.wh.` with an empty name, `.wh..`, `.wh...`, and `.wh.` inside a path."""
+    layout, top = two_layers(tmp_path / "layout", make_tar([d("d"), f(name)]))
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], name)
+
+
+@pytest.mark.parametrize(
+    "members,target",
+    [
+        ([link("l", "missing-target")], "missing-target"),
+        ([d("somedir"), link("l", "somedir")], "somedir"),
+    ],
+    ids=["missing", "directory"],
+)
+def test_h3_bad_hardlink_target(tmp_path: Path, members: list[Member], target: str) -> None:
+    """H3 B5: a hardlink to a target that does not exist, or to a directory."""
+    layout, top = two_layers(tmp_path / "layout", make_tar(members))
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], target)
+
+
+def test_m10_root_entry_not_a_directory(tmp_path: Path) -> None:
+    """M10 B5: a `./` root entry that is a regular file."""
+    layout, top = two_layers(tmp_path / "layout", make_tar([f("./", b"not a dir")]))
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+
+
+def test_good_layout_mounts(tmp_path: Path) -> None:
+    """Control: the hand-written layout without a defect mounts (so the cases above fail for
+    their defect alone)."""
+    layout, _ = two_layers(tmp_path / "layout", make_tar([f("upper", b"up")]))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_ocifs("mount", f"{layout.root}:latest", str(mountpoint))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in mountpoint.iterdir()) == ["etc", "hello", "upper"]
+    finally:
+        unmount(mountpoint)
+
+
+def test_tar_helpers_are_sane() -> None:
+    """The bad-checksum case relies on ustar members at 512-byte boundaries."""
+    tar = make_tar([f("first", b"1" * 100)], fmt=tarfile.USTAR_FORMAT)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        assert [m.name for m in t] == ["first"]
