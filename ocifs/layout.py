@@ -183,8 +183,8 @@ def _is_int(value: object) -> bool:
 
 
 def _listing(items: Iterable[str]) -> str:
-    """'a, b, c' for an error message, capped at MAX_LISTED names."""
-    unique = list(dict.fromkeys(items))
+    """'a, b, c' for an error message, capped at MAX_LISTED names, kept on one line."""
+    unique = list(dict.fromkeys(i if i.isprintable() else repr(i) for i in items))
     shown = ", ".join(unique[:MAX_LISTED])
     if len(unique) > MAX_LISTED:
         shown += f", ... ({len(unique) - MAX_LISTED} more)"
@@ -466,7 +466,9 @@ def _kind(document: dict[str, Any], desc: _Descriptor, what: str) -> tuple[str, 
         _fail(f"{what}: Docker schema 1 manifests are unsupported ({doc_type})")
     _check_schema_version(document, what)
     if doc_type is not None and desc.media_type is not None and doc_type != desc.media_type:
-        _fail(f"{what}: descriptor says mediaType {desc.media_type}, the document says {doc_type}")
+        _fail(
+            f"{what}: descriptor says mediaType {desc.media_type!r}, the document says {doc_type!r}"
+        )
     media_type = doc_type or desc.media_type
     if media_type is None:
         has_manifests, has_layers = "manifests" in document, "layers" in document
@@ -589,7 +591,7 @@ def _check_layers(
         if desc.media_type is None:
             _fail(f"{name}: no mediaType")
         if desc.media_type.endswith("+encrypted"):
-            _fail(f"{name}: encrypted layers are unsupported ({desc.media_type})")
+            _fail(f"{name}: encrypted layers are unsupported (mediaType {desc.media_type!r})")
         compression = LAYER_TYPES.get(desc.media_type)
         if compression is None:
             _fail(f"{name}: unsupported layer mediaType {desc.media_type!r}")

@@ -537,7 +537,7 @@ def test_r4_descriptor_and_document_media_types_disagree(tmp_path: Path) -> None
     _, descriptor = simple(tmp_path, descriptor_type=DOCKER_MANIFEST)
     assert error(tmp_path) == (
         f"{tmp_path}: manifest {descriptor['digest']}: descriptor says mediaType "
-        f"{DOCKER_MANIFEST}, the document says {OCI_MANIFEST}"
+        f"{DOCKER_MANIFEST!r}, the document says {OCI_MANIFEST!r}"
     )
 
 
@@ -849,7 +849,7 @@ def test_r7_layer_media_types(tmp_path: Path, media_type: str, compression: str)
         (
             "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
             "encrypted layers are unsupported "
-            "(application/vnd.oci.image.layer.v1.tar+gzip+encrypted)",
+            "(mediaType 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted')",
         ),
         (
             "application/vnd.oci.image.layer.v1.tar+bzip2",
@@ -1331,3 +1331,18 @@ def test_b1_random_damage_raises_only_layout_error(tmp_path: Path, seed: int) ->
         resolve(tmp_path, rng.choice([None, "latest"]), platform=AMD64)
     except LayoutError as e:
         assert str(e) and "\n" not in str(e)
+
+
+def test_b1_control_characters_in_documents_stay_on_one_line(tmp_path: Path) -> None:
+    w = LayoutWriter(tmp_path)
+    odd = image(w, platform=("linux", "arm64\nx"))
+    inner = index(w, [odd, image(w, platform=("linux", "s390x"), tag="s")])
+    w.add_to_index(inner, "a\nb")
+    w.save()
+    assert error(tmp_path, ref="c") == (
+        f"{tmp_path}/index.json: no image with ref 'c'; available refs: 'a\\nb'"
+    )
+    assert error(tmp_path, ref="a\nb") == (
+        f"{tmp_path}: index {inner['digest']}: no manifest for platform linux/amd64; "
+        "platforms present: 'linux/arm64\\nx', linux/s390x"
+    )
