@@ -124,10 +124,8 @@ def mount(args: argparse.Namespace) -> int:
         image.close()
         raise OcifsError(f"cannot mount at {mountpoint}: {error}") from error
 
-    if not args.foreground and os.fork() != 0:
-        os._exit(0)  # the parent returns once the mount is attached
     if not args.foreground:
-        detach()
+        daemonize()
     serve(image)
     return 0
 
@@ -142,14 +140,27 @@ def mount_options(image: str, extra: list[str]) -> set[str]:
     return options
 
 
-def detach() -> None:
-    """Become a daemon: own session, no terminal, no working directory held."""
+def daemonize() -> None:
+    """Go on in a child that has left the terminal; the parent returns once it has.
+
+    The parent waits for the child's setsid: a terminal that closes as soon as ``ocifs mount``
+    returns (``script``, ssh) would otherwise hang up the daemon along with itself.
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    ready, notify = os.pipe()
+    if os.fork() != 0:
+        os.close(notify)
+        os.read(ready, 1)
+        os._exit(0)
+    os.close(ready)
     os.setsid()
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+    os.write(notify, b"1")
+    os.close(notify)
 
 
 def serve(image: Image) -> None:
