@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import random
 import shutil
@@ -813,3 +814,136 @@ def test_python_is_usable_by_nobody() -> None:
         cwd="/",
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- a second image: replacement, ordering inside a layer, chains, root attributes ----------
+
+
+def more_layers() -> tuple[bytes, bytes, bytes]:
+    h4 = {"mode": 0o640, "uid": 5, "gid": 6, "mtime": 1_111_111_111}
+    x0 = make_tar(
+        [
+            d("m2"),
+            f(
+                "m2/file",
+                b"old content",
+                mode=0o600,
+                uid=1,
+                gid=1,
+                mtime=1_000_000_000,
+                pax={"SCHILY.xattr.user.old": "1"},
+            ),
+            d("h4"),
+            f("h4/a", b"chain", pax={"SCHILY.xattr.user.h": "a"}, **h4),  # type: ignore[arg-type]
+            link("h4/b", "h4/a"),
+            link("h4/c", "h4/b"),  # a link to a link (H4)
+            link("h4/d", "h4/a", mode=0o777, uid=99, gid=99, mtime=5),  # ignored metadata (H2)
+            f("x9", b"was a file"),
+            d("w6"),
+            f("w6/real", b"real"),
+        ]
+    )
+    x1 = make_tar(
+        [
+            f("m2/file", b"new", mode=0o644, uid=2, gid=3, mtime=1_200_000_000),
+            f("m7/twice", b"first"),
+            f("m7/twice", b"second!"),
+            f("m6/child", b"c"),
+            d("m6", mode=0o711, uid=7, gid=8, mtime=1_300_000_000),
+            f("x9/y", b"y"),
+            wh("nowhere/deep/ghost"),
+            d(".wh..wh.plnk"),
+            f(".wh..wh.plnk/1234.5678", b"aufs"),
+            f("w6/.wh..wh.aufs"),
+            d("w6/.wh..wh.orph"),
+            d("./", mode=0o750, mtime=1_400_000_000),
+            f("./p1/dot", b"dot"),
+            f("/p1/abs", b"abs"),
+            d("p1/trail/"),
+        ]
+    )
+    buffer = io.BytesIO()
+    # a PAX global header whose `path` must not rename anything (A10)
+    global_headers = {"path": "renamed", "comment": "global"}
+    with tarfile.open(
+        fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, pax_headers=global_headers
+    ) as tar:
+        info = tarfile.TarInfo("a10/file")
+        info.size = 3
+        info.mtime = 1_700_000_000
+        tar.addfile(info, io.BytesIO(b"a10"))
+    return x0, x1, buffer.getvalue()
+
+
+MORE_PATHS = words(
+    """
+    m2 m2/file h4 h4/a h4/b h4/c h4/d x9 x9/y w6 w6/real m7 m7/twice m6 m6/child
+    p1 p1/dot p1/abs p1/trail a10 a10/file
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def more(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("more")
+    writer = LayoutWriter(root / "layout")
+    x0, x1, x2 = more_layers()
+    layers = [writer.add_layer(x0, "gzip"), writer.add_layer(x1, "none")]
+    layers.append(writer.add_layer(x2, "gzip"))
+    writer.add_image(layers, ref="more", platform=host_platform())
+    writer.save()
+    with mounted(f"{root / 'layout'}:more", root / "mnt") as mountpoint:
+        yield mountpoint
+
+
+def test_more_find_w3_w6_a10_p1(more: Path) -> None:
+    """W3 W6 A10 P1: no parents from a whiteout of nothing, no AUFS leftovers, no entry or
+    rename from a PAX global header, `./` and `/` prefixes normalised."""
+    out = subprocess.run(["find", str(more), "-print0"], capture_output=True, check=True).stdout
+    prefix = bytes(more) + b"/"
+    found = {p[len(prefix) :].decode() for p in out.split(b"\0") if p.startswith(prefix)}
+    assert found == MORE_PATHS
+    assert (more / "a10/file").read_bytes() == b"a10"
+    assert (more / "p1/dot").read_bytes() == b"dot"
+    assert (more / "p1/abs").read_bytes() == b"abs"
+
+
+def test_m2_replaced_file_takes_everything_from_upper(more: Path) -> None:
+    """M2: content, mode, owner, mtime and xattrs all come from the replacing entry."""
+    assert stat_c("%a %u %g %Y %s", more / "m2/file") == "644 2 3 1200000000 3"
+    assert (more / "m2/file").read_bytes() == b"new"
+    assert os.listxattr(more / "m2/file") == []
+
+
+def test_m6_dir_entry_after_its_children(more: Path) -> None:
+    """M6: a directory entry after its children sets the attributes and keeps the children."""
+    assert stat_c("%F %a %u %g %Y", more / "m6") == "directory 711 7 8 1300000000"
+    assert os.listdir(more / "m6") == ["child"]
+
+
+def test_m7_last_entry_wins(more: Path) -> None:
+    """M7: a path given twice in one layer: the last entry wins."""
+    assert sh("cat", more / "m7/twice") == "second!"
+
+
+def test_m9_file_parent_becomes_directory(more: Path) -> None:
+    """M9: `x9/y` over a lower file `x9` makes `x9` a directory."""
+    assert stat_c("%F", more / "x9") == "directory"
+    assert os.listdir(more / "x9") == ["y"]
+
+
+def test_m10_root_entry_sets_root_attributes(more: Path) -> None:
+    """M10: a `./` entry sets the root directory's attributes."""
+    assert stat_c("%F %a %u %g %Y", more) == "directory 750 0 0 1400000000"
+
+
+def test_h4_h2_h1_link_chain_one_inode(more: Path) -> None:
+    """H4: a link to a link resolves to one inode; H2: the link header's own metadata is
+    ignored; H1: all names share mode, owner, mtime and xattrs; nlink = 4."""
+    names = ["a", "b", "c", "d"]
+    stats = {name: stat_c("%i %h %a %u %g %Y", more / "h4" / name) for name in names}
+    assert len(set(stats.values())) == 1, stats
+    assert stats["a"].split()[1:] == ["4", "640", "5", "6", "1111111111"]
+    for name in names:
+        assert (more / "h4" / name).read_bytes() == b"chain"
+        assert os.getxattr(more / "h4" / name, "user.h") == b"a"
