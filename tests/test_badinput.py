@@ -12,12 +12,16 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import shutil
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import is_mounted, run_ocifs, unmount
+from mounting import OCIFS, is_mounted, run_ocifs, unmount
 from tarbuild import Member, d, f, link, make_tar
 
 from ocifs.ocibuild import (
@@ -354,3 +358,82 @@ def test_tar_helpers_are_sane() -> None:
     tar = make_tar([f("first", b"1" * 100)], fmt=tarfile.USTAR_FORMAT)
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         assert [m.name for m in t] == ["first"]
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def good_layout(root: Path) -> Layout:
+    layout = Layout(root)
+    layout.image([layout.layer(GOOD_TAR)])
+    return layout
+
+
+def test_mountpoint_is_a_file(tmp_path: Path) -> None:
+    """A mountpoint that is a regular file."""
+    layout = good_layout(tmp_path / "layout")
+    target = tmp_path / "file"
+    target.write_text("x")
+    result = run_ocifs("mount", f"{layout.root}:latest", str(target))
+    assert result.returncode != 0
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and str(target) in lines[0], result.stderr
+    assert not is_mounted(target)
+
+
+def test_invalid_platform_syntax(tmp_path: Path) -> None:
+    """R5: --platform that is not os/arch[/variant]."""
+    layout = good_layout(tmp_path / "layout")
+    mount_fails(tmp_path, f"{layout.root}:latest", "bogus", options=("--platform", "bogus"))
+
+
+def test_unknown_fuse_option(tmp_path: Path) -> None:
+    """An -o option FUSE does not know: one line naming it (libfuse's own message must not be
+    printed as a second line)."""
+    layout = good_layout(tmp_path / "layout")
+    mount_fails(tmp_path, f"{layout.root}:latest", "bogus_opt", options=("-o", "bogus_opt"))
+
+
+def test_umount_not_mounted(tmp_path: Path) -> None:
+    """`ocifs umount` of a directory that is not mounted: one line naming it."""
+    result = run_ocifs("umount", str(tmp_path))
+    assert result.returncode != 0
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and str(tmp_path) in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_dev_fuse_not_usable_by_user() -> None:
+    """An ordinary user who cannot open /dev/fuse (mode 0600 on some machines) gets one line,
+    not libfuse's message and ocifs's. Runs only where that is the case."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    probe = subprocess.run([*NOBODY, "sh", "-c", "exec 3<>/dev/fuse"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("nobody can open /dev/fuse here")
+    work = Path(tempfile.mkdtemp(prefix="ocifs-badinput-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        layout = good_layout(work / "layout")
+        mountpoint = work / "mnt"
+        mountpoint.mkdir()
+        for path in [work, *work.rglob("*")]:
+            os.chown(path, 65534, 65534)
+        result = subprocess.run(
+            [*NOBODY, *OCIFS, "mount", f"{layout.root}:latest", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": os.environ["PATH"], "HOME": str(work)},
+        )
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.rstrip("\n").split("\n")
+        assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+        assert "/dev/fuse" in lines[0]
+        assert not is_mounted(mountpoint)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
