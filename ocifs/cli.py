@@ -9,14 +9,16 @@ SIGINT or SIGTERM, and ends by itself when the mount is taken away with ``ocifs 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -118,16 +120,43 @@ def mount(args: argparse.Namespace) -> int:
             progress.finish()
 
     options = mount_options(args.image, args.options)
-    try:
-        pyfuse3.init(ImageOperations(image), str(mountpoint), options)
-    except Exception as error:  # libfuse reports failures as RuntimeError or OSError
+    with libfuse_messages() as messages:
+        try:
+            pyfuse3.init(ImageOperations(image), str(mountpoint), options)
+        except Exception as error:  # libfuse reports failures as RuntimeError or OSError
+            failure: Exception | None = error
+        else:
+            failure = None
+    if failure is not None:
         image.close()
-        raise OcifsError(f"cannot mount at {mountpoint}: {error}") from error
+        # libfuse says why on stderr and pyfuse3 only that it failed: one line with the why.
+        reason = messages[-1].removeprefix("fuse: ") if messages else str(failure)
+        raise OcifsError(f"cannot mount at {mountpoint}: {reason}") from failure
+    for message in messages:
+        logger.warning("%s", message)
 
     if not args.foreground:
         daemonize()
     serve(image)
     return 0
+
+
+@contextlib.contextmanager
+def libfuse_messages() -> Iterator[list[str]]:
+    """Collect what libfuse writes straight to file descriptor 2 while the block runs."""
+    messages: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            messages.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def mount_options(image: str, extra: list[str]) -> set[str]:
@@ -165,7 +194,6 @@ def daemonize() -> None:
 
 def serve(image: Image) -> None:
     """Run the FUSE loop until unmounted or signalled; always unmount and close."""
-    unmount = True
     try:
         trio.run(serve_until_stopped)
     except BaseException:
@@ -173,7 +201,7 @@ def serve(image: Image) -> None:
         raise
     finally:
         try:
-            pyfuse3.close(unmount=unmount)
+            pyfuse3.close(unmount=True)
         except Exception:
             logger.debug("close after unmount", exc_info=True)
         image.close()

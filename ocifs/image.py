@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import LayerError, MergeError
-from .layerio import IndexedLayer, LayerReader, Progress, index_layer
+from .layerio import IndexedLayer, LayerReader, Progress, SpanCache, index_layer
 from .layout import LayerRef, ResolvedImage
 from .tree import MergedTree, Node, TreeBuilder
 
@@ -68,9 +68,10 @@ def load_image(
     layers = resolved.layers
     workers = max(1, min(len(layers), jobs or os.cpu_count() or 1))
     indexed: list[IndexedLayer] = []
+    cache = SpanCache()  # one bound on decompressed data held, whatever the number of layers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="index") as pool:
         futures = [
-            pool.submit(index_layer, layer, verify, progress(layer) if progress else None)
+            pool.submit(index_layer, layer, verify, progress(layer) if progress else None, cache)
             for layer in layers
         ]
         try:

@@ -1,22 +1,23 @@
 """Read layer blobs: index a layer in one pass, then serve byte ranges of its tar stream.
 
-Indexing reads the uncompressed tar stream once, front to back: the tar scanner takes the
-headers, the diff_id hash takes every byte, and for gzip layers indexed_gzip records seek points
-as it goes. A second thread reads the compressed blob for its digest and checks the gzip framing
-strictly (CRC, length, truncation, trailing garbage), which indexed_gzip does not always do.
-Afterwards a plain tar member is read with ``os.pread``; a gzip member by seeking
-indexed_gzip to the nearest seek point, so a read never decompresses the layer from its start.
+Indexing reads the blob once, front to back: the layer digest hashes the compressed bytes,
+zlib inflates them strictly (CRC, length, truncation, trailing garbage: B3), the diff_id hash
+takes every uncompressed byte and the tar scanner the headers. For a gzip layer, indexed_gzip
+then records its seek points in a pass of its own, in C. Afterwards a plain tar member is read
+with ``os.pread``; a gzip member from the seek point before it, so a read never decompresses
+the layer from its start.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Protocol
 
 import indexed_gzip
@@ -28,7 +29,10 @@ from .tarscan import TarEntry, scan_tar
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+GZIP_WBITS = zlib.MAX_WBITS | 16  # zlib checks the gzip header, CRC and length
 SEEK_POINT_SPACING = 4 << 20  # one 32 KiB window per 4 MiB: reads start at most 4 MiB back
+MAX_SPAN = 2 * SEEK_POINT_SPACING
+SPAN_CACHE_BYTES = 32 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 
 Progress = Callable[[int], None]  # called with the number of compressed bytes just consumed
@@ -71,49 +75,109 @@ class TarLayerReader:
 class GzipLayerReader:
     """A gzip layer, read through indexed_gzip's seek points.
 
+    indexed_gzip inflates every read from the seek point at or before it, so reads are made
+    in whole spans between two seek points (no inflating is thrown away), and the last few
+    spans are kept for the reads that follow (sequential reads, neighbouring small files).
     One indexed_gzip object holds one decompression position, so reads take a lock.
     """
 
-    def __init__(self, layer: LayerRef) -> None:
+    def __init__(self, layer: LayerRef, cache: SpanCache) -> None:
         self.layer = layer
+        self.cache = cache
         self.lock = threading.Lock()
         self.gzip: Any = indexed_gzip._IndexedGzipFile(
             filename=str(layer.path),
             spacing=SEEK_POINT_SPACING,
-            readbuf_size=256 << 10,
+            readbuf_size=1 << 20,
             drop_handles=False,
             auto_build=True,
         )
+        self.points: list[int] = []  # uncompressed offsets of the seek points, after indexing
 
-    def read(self, size: int) -> bytes:
-        """Sequential read, used once while indexing (builds the seek points)."""
+    def build_index(self) -> None:
+        """Record the seek points, in one pass of indexed_gzip's own (after the checks)."""
         try:
-            data: bytes = self.gzip.read(size)
+            self.gzip.build_full_index()
         except Exception as error:  # indexed_gzip raises ZranError, CrcError, OSError
             raise CompressionError(f"gzip stream is damaged: {error}") from error
-        return data
+        self.points = sorted(uncompressed for uncompressed, _ in self.gzip.seek_points())
 
     def pread(self, offset: int, size: int) -> bytes:
-        with self.lock:
-            try:
-                self.gzip.seek(offset)
-                data: bytes = self.gzip.read(size)
-            except Exception as error:
-                raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
+        pieces = []
+        end = offset + size
+        while offset < end:
+            start, span = self.span(offset)
+            piece = span[offset - start : end - start]
+            if not piece:
+                break
+            pieces.append(piece)
+            offset += len(piece)
+        data = b"".join(pieces)
         if len(data) != size:
-            raise DamagedLayer(f"{self.layer.describe()}: stream ends before {offset + size}")
+            raise DamagedLayer(f"{self.layer.describe()}: stream ends before {end}")
         return data
+
+    def span(self, offset: int) -> tuple[int, bytes]:
+        """The decompressed span holding ``offset``: from its seek point to the next one."""
+        index = bisect.bisect_right(self.points, offset) - 1
+        start = self.points[index] if index >= 0 else 0
+        if index + 1 < len(self.points):
+            length = self.points[index + 1] - start
+        else:
+            length = SEEK_POINT_SPACING
+        if length > MAX_SPAN:  # seek points far apart: read from the offset instead
+            start, length = offset, MAX_SPAN
+        key = (self.layer.index, start)
+        span = self.cache.get(key)
+        if span is None:
+            with self.lock:
+                # Readahead sends neighbouring reads at once: inflate each span only once.
+                span = self.cache.get(key)
+                if span is None:
+                    try:
+                        self.gzip.seek(start)
+                        span = self.gzip.read(length)
+                    except Exception as error:
+                        raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
+                    self.cache.put(key, span)
+        return start, span
 
     def close(self) -> None:
         with self.lock:
             self.gzip.close()
 
 
-def open_reader(layer: LayerRef) -> TarLayerReader | GzipLayerReader:
+class SpanCache:
+    """The most recently read decompressed spans of all layers, bounded by their total size."""
+
+    def __init__(self, limit: int = SPAN_CACHE_BYTES) -> None:
+        self.limit = limit
+        self.size = 0
+        self.spans: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> bytes | None:
+        with self.lock:
+            span = self.spans.get(key)
+            if span is not None:
+                self.spans.move_to_end(key)
+            return span
+
+    def put(self, key: tuple[int, int], span: bytes) -> None:
+        with self.lock:
+            old = self.spans.pop(key, None)
+            self.size += len(span) - (len(old) if old is not None else 0)
+            self.spans[key] = span
+            while self.size > self.limit and len(self.spans) > 1:
+                _, evicted = self.spans.popitem(last=False)
+                self.size -= len(evicted)
+
+
+def open_reader(layer: LayerRef, cache: SpanCache) -> TarLayerReader | GzipLayerReader:
     if layer.compression == "none":
         return TarLayerReader(layer)
     if layer.compression == "gzip":
-        return GzipLayerReader(layer)
+        return GzipLayerReader(layer, cache)
     raise LayerError(
         f"{layer.describe()}: {layer.compression} layers ({layer.media_type}) are not supported"
     )
@@ -141,57 +205,74 @@ class HashingStream:
         return data
 
 
-def check_gzip_blob(layer: LayerRef, hasher: Any, progress: Progress | None) -> None:
-    """Read the compressed blob once: hash it, and check every gzip member strictly (B3)."""
-    with open(layer.path, "rb") as blob:
-        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        members = 1
-        pending = b""
-        while True:
-            chunk = blob.read(CHUNK)
-            if hasher is not None:
-                hasher.update(chunk)
-            if progress is not None:
-                progress(len(chunk))
-            if not chunk:
+class GzipStream:
+    """The uncompressed stream of a gzip blob, read once, strictly (B3).
+
+    Hashes the compressed bytes on the way in (the layer digest), accepts concatenated
+    members and zero padding after the last one (as gzip does), and refuses a truncated
+    stream, a bad CRC or length, and any other trailing bytes. indexed_gzip is lenient about
+    all of these, so the one pass that must see every byte anyway checks them.
+    """
+
+    def __init__(self, blob: BinaryIO, hasher: Any, progress: Progress | None) -> None:
+        self.blob = blob
+        self.hasher = hasher
+        self.progress = progress
+        self.decompressor = zlib.decompressobj(GZIP_WBITS)
+        self.members = 1
+        self.input = b""
+        self.ended = False
+
+    def _next_input(self) -> bytes:
+        chunk = self.blob.read(CHUNK)
+        if self.hasher is not None:
+            self.hasher.update(chunk)
+        if self.progress is not None:
+            self.progress(len(chunk))
+        return chunk
+
+    def read(self, size: int) -> bytes:
+        pieces: list[bytes] = []
+        wanted = size
+        while wanted > 0 and not self.ended:
+            if self.decompressor.eof and not self._next_member():
                 break
-            data = pending + chunk if pending else chunk
-            pending = b""
-            while data:
-                if decompressor.eof:
-                    if not data.startswith(GZIP_MAGIC[: len(data)]):
-                        check_trailing_zeros(data, blob, layer, hasher, progress)
-                        return
-                    if len(data) < 2:
-                        pending = data
-                        break
-                    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
-                    members += 1
-                try:
-                    decompressor.decompress(data, 1 << 16)
-                    while decompressor.unconsumed_tail and not decompressor.eof:
-                        decompressor.decompress(decompressor.unconsumed_tail, 1 << 16)
-                except zlib.error as error:
-                    raise CompressionError(f"gzip member {members} is damaged: {error}") from error
-                data = decompressor.unused_data if decompressor.eof else b""
-        if not decompressor.eof or pending:
-            raise CompressionError("gzip stream is truncated")
+            if not self.input:
+                self.input = self._next_input()
+                if not self.input:
+                    raise CompressionError("gzip stream is truncated")
+            try:
+                data = self.decompressor.decompress(self.input, wanted)
+            except zlib.error as error:
+                raise CompressionError(f"gzip member {self.members} is damaged: {error}") from None
+            d = self.decompressor
+            self.input = d.unused_data if d.eof else d.unconsumed_tail
+            pieces.append(data)
+            wanted -= len(data)
+        return b"".join(pieces)
 
+    def _next_member(self) -> bool:
+        """After a member's end: start the next one, or check what follows the last one."""
+        while len(self.input) < len(GZIP_MAGIC):
+            more = self._next_input()
+            if not more:
+                break
+            self.input += more
+        if self.input.startswith(GZIP_MAGIC):
+            self.decompressor = zlib.decompressobj(GZIP_WBITS)
+            self.members += 1
+            return True
+        while self.input:
+            if self.input.strip(b"\0"):
+                raise CompressionError("garbage after the end of the gzip stream")
+            self.input = self._next_input()
+        self.ended = True
+        return False
 
-def check_trailing_zeros(
-    data: bytes, blob: BinaryIO, layer: LayerRef, hasher: Any, progress: Progress | None
-) -> None:
-    """Zero padding after the last member is tolerated (as gzip does); anything else is not."""
-    while True:
-        if data.strip(b"\0"):
-            raise CompressionError("garbage after the end of the gzip stream")
-        data = blob.read(CHUNK)
-        if not data:
-            return
-        if hasher is not None:
-            hasher.update(data)
-        if progress is not None:
-            progress(len(data))
+    def drain(self) -> None:
+        """Read to the end, so the whole blob is hashed and checked."""
+        while self.read(CHUNK):
+            pass
 
 
 def check_digest(what: str, expected: str, hasher: Any) -> None:
@@ -210,11 +291,14 @@ class IndexedLayer:
 
 
 def index_layer(
-    layer: LayerRef, verify: bool = True, progress: Progress | None = None
+    layer: LayerRef,
+    verify: bool = True,
+    progress: Progress | None = None,
+    cache: SpanCache | None = None,
 ) -> IndexedLayer:
     """Index one layer in one pass; raises LayerError naming the layer on any problem."""
     try:
-        reader = open_reader(layer)
+        reader = open_reader(layer, cache or SpanCache())
     except OSError as error:
         raise LayerError(f"{layer.describe()}: cannot open blob: {error.strerror}") from error
     try:
@@ -245,15 +329,12 @@ def _index(
             check_digest("layer digest", layer.digest, diff_hasher.copy())
             check_digest("diff_id", layer.diff_id, diff_hasher)
         return entries
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        blob_hasher = new_hash(layer.digest) if verify else None
-        check = pool.submit(check_gzip_blob, layer, blob_hasher, progress) if verify else None
-        try:
-            entries = list(scan_tar(HashingStream(reader, diff_hasher, None)))
-        finally:
-            problem = check.exception() if check is not None else None
-        if problem is not None:
-            raise problem  # a broken gzip stream explains a tar error better than the tar error
+    blob_hasher = new_hash(layer.digest) if verify else None
+    with open(layer.path, "rb") as blob:
+        stream = GzipStream(blob, blob_hasher, progress)
+        entries = list(scan_tar(HashingStream(stream, diff_hasher, None)))
+        stream.drain()
+    reader.build_index()
     if blob_hasher is not None:
         check_digest("layer digest", layer.digest, blob_hasher)
     if diff_hasher is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 OCIFS = [sys.executable, "-m", "ocifs"]
 
 
-def run_ocifs(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_ocifs(
+    *args: str, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run ``ocifs ARGS`` and capture its output as text."""
     return subprocess.run(
         [*OCIFS, *args], capture_output=True, text=True, check=check, timeout=timeout
@@ -47,3 +50,18 @@ def mounted(image: str, mountpoint: Path, *options: str) -> Iterator[Path]:
         yield mountpoint
     finally:
         unmount(mountpoint)
+
+
+@contextlib.contextmanager
+def dev_fuse_mode(mode: int) -> Iterator[None]:
+    """Give /dev/fuse these permission bits for one test, then put the old ones back.
+
+    Debian's udev rule makes it 0666, so that ordinary users can mount through fusermount3;
+    some containers leave it 0600. Tests of either case set the case they test.
+    """
+    old = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", mode)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", old)

@@ -430,8 +430,8 @@ def test_ocifs_matches_umoci_unpack(
     # The one deliberate difference: A7 keeps an empty xattr value, which umoci 0.4.7 drops
     # (it reads an empty PAX value as "delete the key"). Expected exactly, nothing looser.
     expected = EXPECTED_DIFFERENCES.get(image, [])
-    assert differences == expected, (
-        f"{image}: ocifs differs from umoci unpack:\n" + "\n".join(differences)
+    assert differences == expected, f"{image}: ocifs differs from umoci unpack:\n" + "\n".join(
+        differences
     )
 
 
