@@ -275,7 +275,7 @@ class GzipStream:
             pass
 
 
-def check_digest(what: str, expected: str, hasher: Any) -> None:
+def verify_hash(what: str, expected: str, hasher: Any) -> None:
     actual = f"{expected.split(':', 1)[0]}:{hasher.hexdigest()}"
     if actual != expected:
         raise LayoutError(f"{what} mismatch: expected {expected}, blob has {actual}")
@@ -326,8 +326,8 @@ def _index(
             entries = list(scan_tar(HashingStream(blob, diff_hasher, progress)))
         if diff_hasher is not None:
             # For an uncompressed layer the blob digest and the diff_id hash the same bytes.
-            check_digest("layer digest", layer.digest, diff_hasher.copy())
-            check_digest("diff_id", layer.diff_id, diff_hasher)
+            verify_hash("layer digest", layer.digest, diff_hasher.copy())
+            verify_hash("diff_id", layer.diff_id, diff_hasher)
         return entries
     blob_hasher = new_hash(layer.digest) if verify else None
     with open(layer.path, "rb") as blob:
@@ -336,7 +336,7 @@ def _index(
         stream.drain()
     reader.build_index()
     if blob_hasher is not None:
-        check_digest("layer digest", layer.digest, blob_hasher)
+        verify_hash("layer digest", layer.digest, blob_hasher)
     if diff_hasher is not None:
-        check_digest("diff_id", layer.diff_id, diff_hasher)
+        verify_hash("diff_id", layer.diff_id, diff_hasher)
     return entries

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .layout import Platform
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -150,9 +152,6 @@ def platform_dict(platform: tuple[str, ...]) -> dict[str, str]:
 
 
 def host_platform() -> tuple[str, str]:
-    """The host's platform as ocifs chooses it by default, for images built for this machine."""
-    machine = os.uname().machine
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        machine, machine
-    )
-    return ("linux", arch)
+    """The host's os and architecture, for images that ocifs should pick by default."""
+    host = Platform.host()
+    return (host.os, host.architecture)
