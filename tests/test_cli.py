@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,26 @@ def wait_gone(pid: int) -> None:
             return
         subprocess.run(["sleep", "0.05"])
     raise AssertionError(f"daemon {pid} still running after umount")
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.parametrize("allow_other", [False, True])
+def test_o_allow_other_lets_other_users_in(layout: Path, allow_other: bool) -> None:
+    """-o passes FUSE options through: without allow_other only the mounting user gets in."""
+    workdir = Path(tempfile.mkdtemp(prefix="ocifs-allow-", dir="/tmp"))
+    workdir.chmod(0o755)
+    options = ["-o", "allow_other"] if allow_other else []
+    try:
+        with mounted(f"{layout}:v1", workdir / "mnt", *options) as mnt:
+            read = subprocess.run(
+                [*NOBODY, "cat", str(mnt / "hello")], capture_output=True, text=True, timeout=30
+            )
+            if allow_other:
+                assert (read.returncode, read.stdout) == (0, "hello\n")
+            else:
+                assert read.returncode != 0
+                assert "Permission denied" in read.stderr
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
