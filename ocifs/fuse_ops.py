@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import logging
 import os
 import stat
@@ -21,7 +22,7 @@ import trio
 
 from .image import Image
 from .layerio import DamagedLayer
-from .tree import Node
+from .tree import Inode
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +68,13 @@ class ImageOperations(pyfuse3.Operations):
         self.image = image
         self.tree = image.tree
 
-    def _node(self, inode: int) -> Node:
+    def _inode(self, inode: int) -> Inode:
         try:
-            return self.tree.node(inode)
+            return self.tree.inode(inode)
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
-    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+    def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = node.ino
         entry.generation = 0
@@ -94,10 +95,10 @@ class ImageOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self.tree.lookup(self._node(parent_inode), name)
-        if node is None:
+        found = self.tree.lookup(parent_inode, name)
+        if found is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.attributes(node)
+        return self.attributes(self.tree.inode(found))
 
     @handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -105,36 +106,29 @@ class ImageOperations(pyfuse3.Operations):
 
     @handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.attributes(self._node(inode))
+        return self.attributes(self._inode(inode))
 
     @handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self._node(inode)
+        node = self._inode(inode)
         if not stat.S_ISLNK(node.mode):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.target  # byte for byte, never followed (A1)
 
     @handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if not self._node(inode).is_dir:
+        if not self._inode(inode).is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        directory = self._node(fh)
-        assert directory.children is not None
-        names = directory.names
-        # Offsets: 0 is ".", 1 is "..", 2 + i is names[i]; next_id is the offset after it.
-        for position in range(start_id, len(names) + 2):
-            if position == 0:
-                name, node = b".", directory
-            elif position == 1:
-                name, node = b"..", self.tree.node(self.tree.parents[directory.ino])
-            else:
-                name = names[position - 2]
-                node = directory.children[name]
-            if not pyfuse3.readdir_reply(token, name, self.attributes(node), position + 1):
+        # Offsets: 0 is ".", 1 is "..", 2 + i is the i-th child; next_id is the one after.
+        tree = self.tree
+        specials = [(b".", fh), (b"..", tree.parent_of(fh))][start_id:]
+        entries = itertools.chain(specials, tree.children(fh, max(start_id - 2, 0)))
+        for next_id, (name, ino) in enumerate(entries, start=start_id + 1):
+            if not pyfuse3.readdir_reply(token, name, self.attributes(tree.inode(ino)), next_id):
                 break
 
     @handler
@@ -143,7 +137,7 @@ class ImageOperations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self._node(inode)
+        node = self._inode(inode)
         if flags & WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         if not stat.S_ISREG(node.mode):
@@ -152,7 +146,7 @@ class ImageOperations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        node = self._node(fh)
+        node = self._inode(fh)
         try:
             return await trio.to_thread.run_sync(self.image.read, node, off, size)
         except DamagedLayer as error:
@@ -165,14 +159,14 @@ class ImageOperations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        xattrs = self._node(inode).xattrs
+        xattrs = self._inode(inode).xattrs
         if xattrs is None or name not in xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return xattrs[name]
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return list(self._node(inode).xattrs or ())
+        return list(self._inode(inode).xattrs or ())
 
     @handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -194,7 +188,7 @@ class ImageOperations(pyfuse3.Operations):
     write = create = setxattr = removexattr = _read_only
 
 
-def stored_bytes(node: Node) -> int:
+def stored_bytes(node: Inode) -> int:
     """Bytes a file occupies: holes of sparse files take none, as du expects."""
     if node.sparse is not None:
         return sum(length for _, length in node.sparse)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .errors import LayerError, MergeError
 from .layerio import IndexedLayer, LayerReader, Progress, SpanCache, index_layer
 from .layout import LayerRef, ResolvedImage
-from .tree import MergedTree, Node, TreeBuilder
+from .tree import Inode, MergedTree, TreeBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Image:
         self.tree = tree
         self.readers = readers
 
-    def read(self, node: Node, offset: int, size: int) -> bytes:
+    def read(self, node: Inode, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a regular file at ``offset``; short only at end of file.
 
         Raises layerio.DamagedLayer when the layer's data cannot be read.

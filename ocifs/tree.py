@@ -5,13 +5,15 @@ layer's entries may come in any order (M6): first every whiteout and opaque mark
 is applied to the tree as the lower layers left it, then every other entry in archive order.
 Paths are resolved inside the tree only, never through symlinks and never on the host (P4).
 After the last layer, ``freeze`` numbers the inodes (fixed for the life of the mount; hardlinks
-share one) and lays each directory's names out for ``readdir``.
+share one) and packs the tree into a few typed columns, so that the builder's objects can go.
 """
 
 from __future__ import annotations
 
 import logging
 import stat
+from array import array
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ from .tarscan import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
 logger = logging.getLogger(__name__)
 
 ROOT_INO = 1
+ID_MAX = 0xFFFFFFFF  # uid_t and gid_t are 32 bits on Linux
 NAME_MAX = 255
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -42,11 +45,9 @@ class Node:
     __slots__ = (
         "children",
         "gid",
-        "ino",
         "layer",
         "mode",
         "mtime_ns",
-        "names",
         "nlink",
         "offset",
         "rdev",
@@ -71,14 +72,16 @@ class Node:
         self.offset = 0  # where that data starts in the layer's uncompressed tar stream
         self.sparse: tuple[tuple[int, int], ...] | None = None
         self.children: dict[bytes, Node] | None = {} if stat.S_ISDIR(mode) else None
-        self.names: tuple[bytes, ...] = ()  # a directory's children in readdir order (freeze)
-        self.ino = 0
 
     @property
     def is_dir(self) -> bool:
         return self.children is not None
 
     def set_attributes(self, entry: TarEntry) -> None:
+        if not (0 <= entry.uid <= ID_MAX and 0 <= entry.gid <= ID_MAX):
+            raise MergeError(
+                f"entry {show(entry.path)}: owner {entry.uid}:{entry.gid} does not fit in 32 bits"
+            )
         self.mode = FILE_TYPES[entry.kind] | entry.mode
         self.uid, self.gid, self.mtime_ns = entry.uid, entry.gid, entry.mtime_ns
         self.xattrs = entry.xattrs or None
@@ -289,79 +292,199 @@ def drop(node: Node) -> None:
                 stack.append(child)
 
 
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """What the frozen tree knows of one inode, made on demand from its columns."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int
+    rdev: int
+    nlink: int
+    layer: int  # layer whose blob holds a regular file's data, -1 otherwise
+    offset: int  # where that data starts in the layer's uncompressed tar stream
+    sparse: tuple[tuple[int, int], ...] | None
+    xattrs: dict[bytes, bytes] | None
+    target: bytes  # a symlink's text, b"" otherwise
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
 class MergedTree:
-    """The finished tree: inode numbers fixed, directories ready for lookup and readdir."""
+    """The finished tree, compact: inode attributes in typed columns indexed by inode number.
+
+    Hundreds of thousands of entries are normal, so the tree keeps no object per entry: each
+    directory's children are a contiguous, name-sorted run of (name, ino) pairs, with all
+    names in one bytes object and all symlink texts in another. The rare extras (xattrs, sparse maps) sit
+    in dicts keyed by inode number. Everything the builder allocated can then be freed.
+    """
 
     def __init__(self, root: Node) -> None:
-        self.root = root
-        self.inodes: list[Node | None] = [None]  # inodes[ino]; 0 is not an inode number
-        self.parents: dict[int, int] = {}  # directory ino -> its parent's ino
+        self.mode = array("I", [0])  # column[ino]; 0 is not an inode number
+        self.uid = array("I", [0])
+        self.gid = array("I", [0])
+        self.mtime_ns = array("q", [0])
+        self.size = array("Q", [0])
+        self.rdev = array("Q", [0])
+        self.nlink = array("I", [0])
+        self.layer = array("i", [-1])
+        self.offset = array("Q", [0])  # data offset; for a symlink, its text's place in targets
+        self.parent = array("I", [0])  # a directory's parent
+        self.first_child = array("I", [0])  # a directory's run in the child columns
+        self.child_count = array("I", [0])
+        self.child_ino = array("I")
+        self.child_name = array("Q")  # start of each child's name in names; one more at end
+        self.xattrs: dict[int, dict[bytes, bytes]] = {}
+        self.sparse: dict[int, tuple[tuple[int, int], ...]] = {}
         self.file_bytes = 0
-        self._number(root, ROOT_INO)
+        names = bytearray()
+        targets = bytearray()
+        numbers: dict[int, int] = {}  # id(node) -> ino, so that hardlinks get one number
 
-    def _number(self, root: Node, parent_ino: int) -> None:
-        root.ino = len(self.inodes)
-        self.inodes.append(root)
-        self.parents[root.ino] = parent_ino
-        stack = [root]
-        while stack:
-            directory = stack.pop()
+        def number(node: Node, parent: int) -> int:
+            ino = len(self.mode)
+            numbers[id(node)] = ino
+            self._add_inode(node, ino, parent, targets)
+            return ino
+
+        queue = deque([(root, number(root, ROOT_INO))])
+        while queue:  # breadth first: each directory's children are numbered together
+            directory, directory_ino = queue.popleft()
             assert directory.children is not None
-            directory.names = tuple(sorted(directory.children))
+            self.first_child[directory_ino] = len(self.child_ino)
+            self.child_count[directory_ino] = len(directory.children)
             subdirectories = 0
-            for name in directory.names:
+            for name in sorted(directory.children):
                 child = directory.children[name]
-                if child.ino:
-                    continue  # another name of a hardlinked inode: one number (H1)
-                child.ino = len(self.inodes)
-                self.inodes.append(child)
+                child_ino = numbers.get(id(child))
+                if child_ino is None:
+                    child_ino = number(child, directory_ino)
+                    if child.children is not None:
+                        queue.append((child, child_ino))
                 if child.children is not None:
                     subdirectories += 1
-                    self.parents[child.ino] = directory.ino
-                    stack.append(child)
-                else:
-                    self.file_bytes += child.size
-            directory.nlink = 2 + subdirectories  # A11
+                self.child_ino.append(child_ino)
+                self.child_name.append(len(names))
+                names += name
+            self.nlink[directory_ino] = 2 + subdirectories  # A11
+        self.child_name.append(len(names))
+        self.names = bytes(names)
+        self.targets = bytes(targets)
+
+    def _add_inode(self, node: Node, ino: int, parent: int, targets: bytearray) -> None:
+        self.mode.append(node.mode)
+        self.uid.append(node.uid)
+        self.gid.append(node.gid)
+        self.mtime_ns.append(node.mtime_ns)
+        self.rdev.append(node.rdev)
+        self.nlink.append(node.nlink)
+        self.layer.append(node.layer)
+        self.parent.append(parent)
+        self.first_child.append(0)
+        self.child_count.append(0)
+        if stat.S_ISLNK(node.mode):
+            self.offset.append(len(targets))
+            targets += node.target
+        else:
+            self.offset.append(node.offset)
+        self.size.append(node.size)
+        if node.children is None:
+            self.file_bytes += node.size
+        if node.xattrs:
+            self.xattrs[ino] = node.xattrs
+        if node.sparse is not None:
+            self.sparse[ino] = node.sparse
 
     def __len__(self) -> int:
         """Number of inodes, the root included."""
-        return len(self.inodes) - 1
+        return len(self.mode) - 1
 
-    def node(self, ino: int) -> Node:
+    def inode(self, ino: int) -> Inode:
         """The inode ``ino``; raises KeyError for a number this tree never gave out."""
-        if 0 < ino < len(self.inodes):
-            node = self.inodes[ino]
-            if node is not None:
-                return node
-        raise KeyError(ino)
+        if not 0 < ino < len(self.mode):
+            raise KeyError(ino)
+        mode = self.mode[ino]
+        size = self.size[ino]
+        offset = self.offset[ino]
+        target = self.targets[offset : offset + size] if stat.S_ISLNK(mode) else b""
+        return Inode(
+            ino,
+            mode,
+            self.uid[ino],
+            self.gid[ino],
+            self.mtime_ns[ino],
+            size,
+            self.rdev[ino],
+            self.nlink[ino],
+            self.layer[ino],
+            offset,
+            self.sparse.get(ino),
+            self.xattrs.get(ino),
+            target,
+        )
 
-    def lookup(self, parent: Node, name: bytes) -> Node | None:
-        if parent.children is None:
+    @property
+    def root(self) -> Inode:
+        return self.inode(ROOT_INO)
+
+    def is_dir(self, ino: int) -> bool:
+        return 0 < ino < len(self.mode) and stat.S_ISDIR(self.mode[ino])
+
+    def parent_of(self, directory: int) -> int:
+        return self.parent[directory]
+
+    def child_name_at(self, index: int) -> bytes:
+        return self.names[self.child_name[index] : self.child_name[index + 1]]
+
+    def children(self, directory: int, start: int = 0) -> Iterator[tuple[bytes, int]]:
+        """(name, ino) of a directory's children in name order, from position ``start``."""
+        first = self.first_child[directory]
+        for index in range(first + start, first + self.child_count[directory]):
+            yield self.child_name_at(index), self.child_ino[index]
+
+    def lookup(self, directory: int, name: bytes) -> int | None:
+        """The inode number of ``name`` in ``directory``, by binary search of its names."""
+        if not self.is_dir(directory):
             return None
         if name == b".":
-            return parent
+            return directory
         if name == b"..":
-            return self.node(self.parents[parent.ino])
-        return parent.children.get(name)
+            return self.parent[directory]
+        low = self.first_child[directory]
+        high = low + self.child_count[directory]
+        while low < high:
+            middle = (low + high) // 2
+            found = self.child_name_at(middle)
+            if found < name:
+                low = middle + 1
+            elif found > name:
+                high = middle
+            else:
+                return self.child_ino[middle]
+        return None
 
-    def walk(self) -> Iterator[tuple[bytes, Node]]:
-        """Every (path, node) pair below the root, depth first; for tests and tools."""
-        stack: list[tuple[bytes, Node]] = [(b"", self.root)]
+    def walk(self) -> Iterator[tuple[bytes, Inode]]:
+        """Every (path, inode) pair below the root, parents first; for tests and tools."""
+        stack: list[tuple[bytes, int]] = [(b"", ROOT_INO)]
         while stack:
             path, directory = stack.pop()
-            assert directory.children is not None
-            for name in reversed(directory.names):
-                child = directory.children[name]
+            for name, ino in self.children(directory):
                 child_path = path + b"/" + name if path else name
-                yield child_path, child
-                if child.children is not None:
-                    stack.append((child_path, child))
+                yield child_path, self.inode(ino)
+                if self.is_dir(ino):
+                    stack.append((child_path, ino))
 
-    def find(self, path: bytes) -> Node | None:
-        node = self.root
+    def find(self, path: bytes) -> Inode | None:
+        ino: int | None = ROOT_INO
         for name in split_path(path):
-            found = self.lookup(node, name)
-            if found is None:
+            assert ino is not None
+            ino = self.lookup(ino, name)
+            if ino is None:
                 return None
-            node = found
-        return node
+        assert ino is not None
+        return self.inode(ino)
