@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -148,6 +149,7 @@ def release_free_memory() -> None:
 
     glibc keeps freed heap memory for reuse; malloc_trim returns it. Elsewhere: nothing to do.
     """
+    gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
 

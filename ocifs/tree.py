@@ -16,6 +16,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import MergeError
 from .tarscan import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
@@ -292,8 +293,7 @@ def drop(node: Node) -> None:
                 stack.append(child)
 
 
-@dataclass(frozen=True, slots=True)
-class Inode:
+class Inode(NamedTuple):
     """What the frozen tree knows of one inode, made on demand from its columns."""
 
     ino: int
@@ -320,8 +320,8 @@ class MergedTree:
 
     Hundreds of thousands of entries are normal, so the tree keeps no object per entry: each
     directory's children are a contiguous, name-sorted run of (name, ino) pairs, with all
-    names in one bytes object and all symlink texts in another. The rare extras (xattrs, sparse maps) sit
-    in dicts keyed by inode number. Everything the builder allocated can then be freed.
+    names in one bytes object and all symlink texts in another. The rare extras (xattrs,
+    sparse maps) sit in dicts keyed by inode number. The builder's objects can then be freed.
     """
 
     def __init__(self, root: Node) -> None:
