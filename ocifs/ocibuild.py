@@ -111,22 +111,9 @@ class LayoutWriter:
         in_index: bool = True,
     ) -> Descriptor:
         """Write config and manifest for ``layers`` (lowest first); list it in index.json."""
-        config: dict[str, Any] = {
-            "architecture": platform[1],
-            "os": platform[0],
-            "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
-            "config": {},
-        }
-        if len(platform) == 3:
-            config["variant"] = platform[2]
+        config = image_config(layers, platform)
         config.update(config_extra or {})
-        config_descriptor = self.add_json(config, OCI_CONFIG)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": config_descriptor,
-            "layers": [descriptor for descriptor, _ in layers],
-        }
+        manifest = image_manifest(self.add_json(config, OCI_CONFIG), layers)
         descriptor = self.add_json(manifest, OCI_MANIFEST)
         descriptor["platform"] = platform_dict(platform)
         if in_index:
@@ -142,6 +129,29 @@ class LayoutWriter:
     def save(self) -> None:
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.manifests}
         (self.root / "index.json").write_text(json.dumps(index, indent=1))
+
+
+def image_config(layers: list[tuple[Descriptor, str]], platform: tuple[str, ...]) -> dict[str, Any]:
+    """An image config whose rootfs lists the layers' diff_ids."""
+    config: dict[str, Any] = {
+        "architecture": platform[1],
+        "os": platform[0],
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
+        "config": {},
+    }
+    if len(platform) == 3:
+        config["variant"] = platform[2]
+    return config
+
+
+def image_manifest(config: Descriptor, layers: list[tuple[Descriptor, str]]) -> dict[str, Any]:
+    """An OCI image manifest for a stored config and layers."""
+    return {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config,
+        "layers": [descriptor for descriptor, _ in layers],
+    }
 
 
 def platform_dict(platform: tuple[str, ...]) -> dict[str, str]:

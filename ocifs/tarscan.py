@@ -81,6 +81,14 @@ MAX_PAX = 8 * 1024 * 1024  # PAX 'x' / 'g' data
 MAX_SPARSE_MAP = 64 * 1024 * 1024  # PAX 1.0 sparse map at the start of the member data
 MAX_SPARSE_SEGMENTS = 1 << 21  # old GNU sparse map (header and extension blocks)
 MAX_ID = 1 << 63  # uid / gid
+# PAX keywords with a plain decimal value, and the largest value each may take.
+_PAX_NUMBERS = {
+    b"size": MAX_SIZE,
+    b"uid": MAX_ID,
+    b"gid": MAX_ID,
+    b"SCHILY.devmajor": MAX_ID,
+    b"SCHILY.devminor": MAX_ID,
+}
 MAX_MTIME_NS = (1 << 63) - 1  # mtime_ns must fit a signed 64-bit time
 
 _ZERO_BLOCK = bytes(BLOCKSIZE)
@@ -479,29 +487,22 @@ class _Scanner:
                 pass  # done above
             elif key == b"linkpath":
                 linkname = value
-            elif key == b"size":
-                number = _decimal(value, MAX_SIZE)
-                if number is None:
-                    self.fail(f"bad PAX size {value[:40]!r}", offset, shown)
-                size = number
-            elif key == b"uid" or key == b"gid":
-                number = _decimal(value, MAX_ID)
+            elif key in _PAX_NUMBERS:
+                number = _decimal(value, _PAX_NUMBERS[key])
                 if number is None:
                     self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, shown)
-                if key == b"uid":
+                if key == b"size":
+                    size = number
+                elif key == b"uid":
                     uid = number
-                else:
+                elif key == b"gid":
                     gid = number
-            elif key == b"mtime":
-                mtime_ns = self.pax_mtime(value, offset, shown)
-            elif key == b"SCHILY.devmajor" or key == b"SCHILY.devminor":
-                number = _decimal(value, MAX_ID)
-                if number is None:
-                    self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, shown)
-                if key == b"SCHILY.devmajor":
+                elif key == b"SCHILY.devmajor":
                     devmajor = number
                 else:
                     devminor = number
+            elif key == b"mtime":
+                mtime_ns = self.pax_mtime(value, offset, shown)
             elif key.startswith(b"GNU.sparse."):
                 sparse_keys.append((key, value))
 

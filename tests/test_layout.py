@@ -29,6 +29,9 @@ from ocifs.ocibuild import (
     OCI_MANIFEST,
     REF_NAME,
     LayoutWriter,
+    image_config,
+    image_manifest,
+    platform_dict,
     sha256_digest,
 )
 
@@ -74,22 +77,11 @@ def image(
     if layer_type is not None:
         for descriptor, _ in layers:
             descriptor["mediaType"] = layer_type
-    config: dict[str, Any] = {
-        "architecture": platform[1],
-        "os": platform[0],
-        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
-        "config": {},
-    }
-    if len(platform) == 3:
-        config["variant"] = platform[2]
+    config = image_config(layers, platform)
     if config_edit:
         config_edit(config)
-    manifest: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": manifest_type,
-        "config": w.add_json(config, config_type),
-        "layers": [descriptor for descriptor, _ in layers],
-    }
+    manifest = image_manifest(w.add_json(config, config_type), layers)
+    manifest["mediaType"] = manifest_type
     if manifest_type is None:
         del manifest["mediaType"]
     if manifest_edit:
@@ -97,9 +89,7 @@ def image(
     descriptor = w.add_json(manifest, descriptor_type or OCI_MANIFEST)
     if descriptor_type is None:
         del descriptor["mediaType"]
-    descriptor["platform"] = {"os": platform[0], "architecture": platform[1]}
-    if len(platform) == 3:
-        descriptor["platform"]["variant"] = platform[2]
+    descriptor["platform"] = platform_dict(platform)
     return descriptor
 
 
