@@ -3,15 +3,16 @@
 Indexing reads the blob once, front to back: the layer digest hashes the compressed bytes,
 zlib inflates them strictly (CRC, length, truncation, trailing garbage: B3), the diff_id hash
 takes every uncompressed byte and the tar scanner the headers. For a gzip layer, indexed_gzip
-then records its seek points in a pass of its own, in C. Afterwards a plain tar member is read
-with ``os.pread``; a gzip member from the seek point before it, so a read never decompresses
-the layer from its start.
+records its seek points meanwhile, in a child process of its own (gzindex). Afterwards a
+plain tar member is read with ``os.pread``; a gzip member from the seek point before it, so a
+read never decompresses the layer from its start.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO, Protocol
 import indexed_gzip
 
 from .errors import CompressionError, LayerError, LayoutError, OcifsError
+from .gzindex import SeekPointBuilder
 from .layout import LayerRef
 from .tarscan import TarEntry, scan_tar
 
@@ -94,12 +96,12 @@ class GzipLayerReader:
         )
         self.points: list[int] = []  # uncompressed offsets of the seek points, after indexing
 
-    def build_index(self) -> None:
-        """Record the seek points, in one pass of indexed_gzip's own (after the checks)."""
+    def load_index(self, exported: bytes) -> None:
+        """Take the seek points that gzindex built, in indexed_gzip's export format."""
         try:
-            self.gzip.build_full_index()
-        except Exception as error:  # indexed_gzip raises ZranError, CrcError, OSError
-            raise CompressionError(f"gzip stream is damaged: {error}") from error
+            self.gzip.import_index(fileobj=io.BytesIO(exported))
+        except Exception as error:  # indexed_gzip raises ZranError, OSError
+            raise CompressionError(f"cannot load the gzip index: {error}") from error
         self.points = sorted(uncompressed for uncompressed, _ in self.gzip.seek_points())
 
     def pread(self, offset: int, size: int) -> bytes:
@@ -330,11 +332,16 @@ def _index(
             verify_hash("diff_id", layer.diff_id, diff_hasher)
         return entries
     blob_hasher = new_hash(layer.digest) if verify else None
-    with open(layer.path, "rb") as blob:
-        stream = GzipStream(blob, blob_hasher, progress)
-        entries = list(scan_tar(HashingStream(stream, diff_hasher, None)))
-        stream.drain()
-    reader.build_index()
+    seek_points = SeekPointBuilder(layer.path, SEEK_POINT_SPACING)  # on another core, meanwhile
+    try:
+        with open(layer.path, "rb") as blob:
+            stream = GzipStream(blob, blob_hasher, progress)
+            entries = list(scan_tar(HashingStream(stream, diff_hasher, None)))
+            stream.drain()
+    except BaseException:
+        seek_points.cancel()
+        raise
+    reader.load_index(seek_points.result())
     if blob_hasher is not None:
         verify_hash("layer digest", layer.digest, blob_hasher)
     if diff_hasher is not None:
