@@ -25,15 +25,26 @@ class SeekPointBuilder:
     """The child process building one blob's index; ``result`` waits for it."""
 
     def __init__(self, blob: Path, spacing: int) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(blob), str(spacing)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        self.blob = blob
+        self.spacing = spacing
+        self.process: subprocess.Popen[bytes] | None = None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(blob), str(spacing)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as error:  # say, an interpreter this user may run but not exec again
+            logger.info("building the gzip index in this process: %s", error)
 
     def result(self) -> bytes:
-        """The exported index; CompressionError if the child could not build it."""
+        """The exported index; CompressionError if it could not be built."""
+        if self.process is None:
+            try:
+                return build_exported_index(str(self.blob), self.spacing)
+            except Exception as error:  # indexed_gzip raises ZranError, CrcError, OSError
+                raise CompressionError(f"cannot index the gzip stream: {error}") from error
         exported, errors = self.process.communicate()
         if self.process.returncode != 0:
             lines = errors.decode("utf-8", "replace").strip().splitlines()
@@ -42,6 +53,8 @@ class SeekPointBuilder:
         return exported
 
     def cancel(self) -> None:
+        if self.process is None:
+            return
         if self.process.poll() is None:
             self.process.kill()
         self.process.communicate()

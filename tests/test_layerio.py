@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from tarbuild import f, make_tar
 
-from ocifs.errors import LayerError
+from ocifs.errors import CompressionError, LayerError
+from ocifs.gzindex import SeekPointBuilder
 from ocifs.image import Image, load_image
 from ocifs.layerio import SEEK_POINT_SPACING, DamagedLayer, GzipLayerReader, index_layer
 from ocifs.layout import LayerRef, ResolvedImage
@@ -220,3 +221,25 @@ def test_uncompressed_tar_hash_matches_digest(tmp_path: Path) -> None:
     indexed = index_layer(ref)
     assert [e.path for e in indexed.entries] == [b"x"]
     indexed.reader.close()
+
+
+def test_seek_points_built_in_process_when_the_interpreter_cannot_be_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gzindex runs in a child process when it can, and in this one when it cannot."""
+    tar = make_tar([f("a", text_blocks(6 << 20, 5)), f("b", b"end")])
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
+    indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
+    reader = indexed.reader
+    assert isinstance(reader, GzipLayerReader)
+    assert len(reader.points) >= 2
+    b = next(e for e in indexed.entries if e.path == b"b")
+    assert reader.pread(b.data_offset, b.size) == b"end"
+    reader.close()
+
+
+def test_seek_point_builder_reports_a_damaged_stream(tmp_path: Path) -> None:
+    blob = tmp_path / "damaged.gz"
+    blob.write_bytes(b"\x1f\x8b but not gzip after all" * 100)
+    with pytest.raises(CompressionError, match=r"cannot index the gzip stream: .*Error"):
+        SeekPointBuilder(blob, SEEK_POINT_SPACING).result()
