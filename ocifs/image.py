@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +59,22 @@ class Image:
             reader.close()
 
 
+class IndexingStopped(Exception):
+    """Raised inside an indexing thread once the mount has been given up."""
+
+
+def stoppable(progress: Progress | None, stop: threading.Event) -> Progress:
+    """A progress callback that also ends the indexing once ``stop`` is set."""
+
+    def advance(count: int) -> None:
+        if stop.is_set():
+            raise IndexingStopped
+        if progress is not None:
+            progress(count)
+
+    return advance
+
+
 def load_image(
     resolved: ResolvedImage,
     verify: bool = True,
@@ -69,15 +86,23 @@ def load_image(
     workers = max(1, min(len(layers), jobs or os.cpu_count() or 1))
     indexed: list[IndexedLayer] = []
     cache = SpanCache()  # one bound on decompressed data held, whatever the number of layers
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="index") as pool:
         futures = [
-            pool.submit(index_layer, layer, verify, progress(layer) if progress else None, cache)
+            pool.submit(
+                index_layer,
+                layer,
+                verify,
+                stoppable(progress(layer) if progress else None, stop),
+                cache,
+            )
             for layer in layers
         ]
         try:
             for future in futures:
                 indexed.append(future.result())
-        except BaseException:
+        except BaseException:  # a bad layer, or Ctrl-C: the other layers stop at their next read
+            stop.set()
             for future in futures:
                 future.cancel()
             for future in futures:

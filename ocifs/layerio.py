@@ -37,7 +37,8 @@ MAX_SPAN = 2 * SEEK_POINT_SPACING
 SPAN_CACHE_BYTES = 32 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 
-Progress = Callable[[int], None]  # called with the number of compressed bytes just consumed
+# Called with the number of blob bytes just read; it may raise to stop the indexing.
+Progress = Callable[[int], None]
 
 
 class DamagedLayer(OSError):
@@ -313,6 +314,9 @@ def index_layer(
     except OSError as error:
         reader.close()
         raise LayerError(f"{layer.describe()}: cannot read blob: {error}") from error
+    except BaseException:  # stopped by the progress callback
+        reader.close()
+        raise
     return IndexedLayer(layer, entries, reader)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pty
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -133,3 +135,47 @@ def test_o_allow_other_lets_other_users_in(layout: Path, allow_other: bool) -> N
                 assert "Permission denied" in read.stderr
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def many_entries(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image whose indexing takes a while: tens of thousands of small files."""
+    root = tmp_path_factory.mktemp("many") / "layout"
+    writer = LayoutWriter(root)
+    members = [f(f"d{i % 100}/file{i}", b"x" * (i % 700)) for i in range(40_000)]
+    writer.add_image([writer.add_layer(make_tar(members))], ref="many", platform=host_platform())
+    writer.save()
+    return root
+
+
+def test_ctrl_c_while_indexing_exits_130_and_mounts_nothing(
+    many_entries: Path, tmp_path: Path
+) -> None:
+    """SIGINT during indexing: one line, status 130, no traceback, nothing mounted."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: ocifs on a terminal, so that it shows progress
+        os.execv(OCIFS[0], [*OCIFS, "mount", f"{many_entries}:many", str(mountpoint)])
+    output = b""
+    try:
+        while b"indexing" not in output:
+            output += os.read(terminal, 4096)
+        os.kill(pid, signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: the child has gone and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(terminal)
+        unmount(mountpoint)
+    text = output.decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 130, text
+    assert "ocifs: interrupted" in text
+    assert "Traceback" not in text
+    assert not is_mounted(mountpoint)
