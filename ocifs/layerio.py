@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 GZIP_WBITS = zlib.MAX_WBITS | 16  # zlib checks the gzip header, CRC and length
 SEEK_POINT_SPACING = 4 << 20  # one 32 KiB window per 4 MiB: reads start at most 4 MiB back
-MAX_SPAN = 2 * SEEK_POINT_SPACING
+MAX_SPAN = 2 * SEEK_POINT_SPACING  # the most a read inflates and keeps at once
 SPAN_CACHE_BYTES = 32 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -96,14 +96,17 @@ class GzipLayerReader:
             auto_build=True,
         )
         self.points: list[int] = []  # uncompressed offsets of the seek points, after indexing
+        self.size = 0  # length of the uncompressed stream, after indexing
 
-    def load_index(self, exported: bytes) -> None:
-        """Take the seek points that gzindex built, in indexed_gzip's export format."""
+    def load_index(self, exported: bytes, size: int) -> None:
+        """Take the seek points that gzindex built (in indexed_gzip's export format), and the
+        length of the uncompressed stream."""
         try:
             self.gzip.import_index(fileobj=io.BytesIO(exported))
         except Exception as error:  # indexed_gzip raises ZranError, OSError
             raise CompressionError(f"cannot load the gzip index: {error}") from error
         self.points = sorted(uncompressed for uncompressed, _ in self.gzip.seek_points())
+        self.size = size
 
     def pread(self, offset: int, size: int) -> bytes:
         pieces = []
@@ -121,15 +124,16 @@ class GzipLayerReader:
         return data
 
     def span(self, offset: int) -> tuple[int, bytes]:
-        """The decompressed span holding ``offset``: from its seek point to the next one."""
+        """The decompressed span holding ``offset``: from its seek point to the next one.
+
+        Seek points can lie further apart than the spacing asks (a deflate block of zeros
+        may hold megabytes); such a stretch is cut into spans of MAX_SPAN.
+        """
         index = bisect.bisect_right(self.points, offset) - 1
-        start = self.points[index] if index >= 0 else 0
-        if index + 1 < len(self.points):
-            length = self.points[index + 1] - start
-        else:
-            length = SEEK_POINT_SPACING
-        if length > MAX_SPAN:  # seek points far apart: read from the offset instead
-            start, length = offset, MAX_SPAN
+        point = self.points[index] if index >= 0 else 0
+        end = self.points[index + 1] if index + 1 < len(self.points) else self.size
+        start = point + (offset - point) // MAX_SPAN * MAX_SPAN
+        length = min(MAX_SPAN, end - start)
         key = (self.layer.index, start)
         span = self.cache.get(key)
         if span is None:
@@ -225,6 +229,7 @@ class GzipStream:
         self.members = 1
         self.input = b""
         self.ended = False
+        self.uncompressed = 0  # bytes of the uncompressed stream read so far
 
     def _next_input(self) -> bytes:
         chunk = self.blob.read(CHUNK)
@@ -252,6 +257,7 @@ class GzipStream:
             self.input = d.unused_data if d.eof else d.unconsumed_tail
             pieces.append(data)
             wanted -= len(data)
+        self.uncompressed += size - wanted
         return b"".join(pieces)
 
     def _next_member(self) -> bool:
@@ -345,7 +351,7 @@ def _index(
     except BaseException:
         seek_points.cancel()
         raise
-    reader.load_index(seek_points.result())
+    reader.load_index(seek_points.result(), stream.uncompressed)
     if blob_hasher is not None:
         verify_hash("layer digest", layer.digest, blob_hasher)
     if diff_hasher is not None:

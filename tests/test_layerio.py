@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from tarbuild import f, make_tar
 from ocifs.errors import CompressionError, LayerError
 from ocifs.gzindex import SeekPointBuilder
 from ocifs.image import Image, load_image
-from ocifs.layerio import SEEK_POINT_SPACING, DamagedLayer, GzipLayerReader, index_layer
+from ocifs.layerio import (
+    MAX_SPAN,
+    SEEK_POINT_SPACING,
+    DamagedLayer,
+    GzipLayerReader,
+    index_layer,
+)
 from ocifs.layout import LayerRef, ResolvedImage
 from ocifs.ocibuild import OCI_LAYER_GZIP, OCI_LAYER_TAR, sha256_digest
 
@@ -243,3 +250,25 @@ def test_seek_point_builder_reports_a_damaged_stream(tmp_path: Path) -> None:
     blob.write_bytes(b"\x1f\x8b but not gzip after all" * 100)
     with pytest.raises(CompressionError, match=r"cannot index the gzip stream: .*Error"):
         SeekPointBuilder(blob, SEEK_POINT_SPACING).result()
+
+
+def test_reads_across_seek_points_far_apart(tmp_path: Path) -> None:
+    """A run of zeros packs megabytes into one deflate block, so seek points can lie further
+    apart than the spacing, and the stream can run on well past the last one."""
+    zeros = bytes(40 << 20)
+    tail = text_blocks(1 << 20, 7)
+    tar = make_tar([f("zeros", zeros), f("tail", tail), f("zeros2", zeros), f("end", b"end")])
+    # memLevel 9 lets zlib hold 32k symbols, each up to 258 zeros, in one block: 8.4 MB.
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31, 9)
+    blob = compressor.compress(tar) + compressor.flush()
+    indexed = index_layer(layer_ref(tmp_path, blob, tar, "gzip"))
+    reader = indexed.reader
+    assert isinstance(reader, GzipLayerReader)
+    gaps = [b - a for a, b in zip(reader.points, [*reader.points[1:], reader.size], strict=True)]
+    assert max(gaps) > MAX_SPAN  # the case this test is about
+    entries = {e.path: e for e in indexed.entries}
+    assert reader.pread(entries[b"tail"].data_offset, len(tail)) == tail
+    assert reader.pread(entries[b"end"].data_offset, 3) == b"end"
+    middle = entries[b"zeros2"].data_offset + (25 << 20)
+    assert reader.pread(middle, 1 << 20) == bytes(1 << 20)
+    reader.close()
