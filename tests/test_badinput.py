@@ -267,13 +267,21 @@ def damaged_gzip_layer(root: Path, damage: str) -> tuple[Layout, dict]:
 def test_b3_truncated_gzip(tmp_path: Path) -> None:
     """B3: a gzip stream cut in half."""
     layout, top = damaged_gzip_layer(tmp_path / "layout", "truncated")
-    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+    mount_fails(
+        tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], "gzip stream is truncated"
+    )
 
 
 def test_b3_garbage_after_gzip_stream(tmp_path: Path) -> None:
     """B3: bytes after the end of the gzip stream."""
     layout, top = damaged_gzip_layer(tmp_path / "layout", "garbage")
-    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
+    mount_fails(
+        tmp_path,
+        f"{layout.root}:latest",
+        "layer 1",
+        top["digest"],
+        "garbage after the end of the gzip stream",
+    )
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
