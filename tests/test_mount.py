@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -392,7 +393,7 @@ def test_h5_replaced_name_leaves_the_group(mnt: Path) -> None:
     assert (mnt / "hl/orig").read_bytes() == HL_DATA
 
 
-def test_h4_whiteout_of_first_name(mnt: Path) -> None:
+def test_h5_whiteout_of_first_name(mnt: Path) -> None:
     """H4: whiting out the name a hardlink points at leaves the other name with the content."""
     assert os.listdir(mnt / "hl3") == ["b"]
     assert stat_c("%h %s", mnt / "hl3/b") == f"1 {len(HL3_DATA)}"
@@ -546,6 +547,33 @@ def test_big_file_random_reads(mnt: Path) -> None:
         assert os.pread(fd, 100, len(BIG) + 10) == b""
     finally:
         os.close(fd)
+
+
+def test_concurrent_reads_while_listing(image: Image, tmp_path: Path) -> None:
+    """Eight threads read one gzip layer at random places, on a fresh mount so that the reads
+    reach the daemon, while another thread lists the tree: every read returns the right bytes
+    (the layer's indexed_gzip object is shared under a lock, its spans through one cache)."""
+
+    def reader(mnt: Path, seed: int) -> int:
+        rng = random.Random(seed)
+        fd = os.open(mnt / "data/big.bin", os.O_RDONLY)
+        try:
+            for _ in range(60):
+                offset = rng.randrange(len(BIG))
+                size = rng.choice([4096, 65_536, 1 << 20])
+                assert os.pread(fd, size, offset) == BIG[offset : offset + size]
+        finally:
+            os.close(fd)
+        return seed
+
+    def lister(mnt: Path) -> int:
+        return sum(len(files) + len(dirs) for _, dirs, files in os.walk(mnt))
+
+    with mounted(image.ref, tmp_path / "m") as mnt, ThreadPoolExecutor(max_workers=9) as pool:
+        reads = [pool.submit(reader, mnt, seed) for seed in range(8)]
+        listing = pool.submit(lister, mnt)
+        assert sorted(future.result() for future in reads) == list(range(8))
+        assert listing.result() > 0
 
 
 # --- read-only -------------------------------------------------------------------------------
