@@ -196,17 +196,17 @@ def new_hash(digest: str) -> Any:
 
 
 class HashingStream:
-    """Feeds every byte read through it to a hash, and reports progress."""
+    """Feeds every byte read through it to some hashes, and reports progress."""
 
-    def __init__(self, source: Any, hasher: Any, progress: Progress | None) -> None:
+    def __init__(self, source: Any, hashers: list[Any], progress: Progress | None) -> None:
         self.source = source
-        self.hasher = hasher
+        self.hashers = hashers
         self.progress = progress
 
     def read(self, size: int) -> bytes:
         data: bytes = self.source.read(size)
-        if self.hasher is not None:
-            self.hasher.update(data)
+        for hasher in self.hashers:
+            hasher.update(data)
         if self.progress is not None:
             self.progress(len(data))
         return data
@@ -333,20 +333,25 @@ def _index(
     progress: Progress | None,
 ) -> list[TarEntry]:
     diff_hasher = new_hash(layer.diff_id) if verify else None
+    blob_hasher = new_hash(layer.digest) if verify else None
     if isinstance(reader, TarLayerReader):
+        # The blob is the tar stream: the layer digest and the diff_id hash the same bytes,
+        # so one hash serves both when they name the same algorithm.
+        same_algorithm = layer.digest.split(":")[0] == layer.diff_id.split(":")[0]
+        hashers = [diff_hasher] if same_algorithm else [diff_hasher, blob_hasher]
         with open(layer.path, "rb") as blob:
-            entries = list(scan_tar(HashingStream(blob, diff_hasher, progress)))
+            entries = list(scan_tar(HashingStream(blob, [h for h in hashers if h], progress)))
         if diff_hasher is not None:
-            # For an uncompressed layer the blob digest and the diff_id hash the same bytes.
-            verify_hash("layer digest", layer.digest, diff_hasher.copy())
+            verify_hash(
+                "layer digest", layer.digest, diff_hasher.copy() if same_algorithm else blob_hasher
+            )
             verify_hash("diff_id", layer.diff_id, diff_hasher)
         return entries
-    blob_hasher = new_hash(layer.digest) if verify else None
     seek_points = SeekPointBuilder(layer.path, SEEK_POINT_SPACING)  # on another core, meanwhile
     try:
         with open(layer.path, "rb") as blob:
             stream = GzipStream(blob, blob_hasher, progress)
-            entries = list(scan_tar(HashingStream(stream, diff_hasher, None)))
+            entries = list(scan_tar(HashingStream(stream, [diff_hasher] if verify else [], None)))
             stream.drain()
     except BaseException:
         seek_points.cancel()

@@ -272,3 +272,19 @@ def test_reads_across_seek_points_far_apart(tmp_path: Path) -> None:
     middle = entries[b"zeros2"].data_offset + (25 << 20)
     assert reader.pread(middle, 1 << 20) == bytes(1 << 20)
     reader.close()
+
+
+def test_r9_uncompressed_layer_with_sha512_digest_and_sha256_diff_id(tmp_path: Path) -> None:
+    """The blob digest and the diff_id hash the same bytes but may name other algorithms."""
+    tar = make_tar([f("a", b"x")])
+    ref = layer_ref(tmp_path, tar, tar, "none")
+    sha512 = "sha512:" + hashlib.sha512(tar).hexdigest()
+    good = LayerRef(0, sha512, ref.size, ref.media_type, "none", ref.diff_id, ref.path)
+    indexed = index_layer(good)
+    assert [e.path for e in indexed.entries] == [b"a"]
+    indexed.reader.close()
+    bad = LayerRef(
+        0, "sha512:" + "0" * 128, ref.size, ref.media_type, "none", ref.diff_id, ref.path
+    )
+    with pytest.raises(LayerError, match="layer digest mismatch"):
+        index_layer(bad)
