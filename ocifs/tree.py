@@ -16,7 +16,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import MergeError
 from .tarscan import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
@@ -375,6 +375,31 @@ class MergedTree:
         self.child_name.append(len(names))
         self.names = bytes(names)
         self.targets = bytes(targets)
+
+    @classmethod
+    def from_columns(
+        cls,
+        columns: dict[str, array[Any]],
+        child_ino: array[int],
+        child_name: array[int],
+        names: bytes,
+        targets: bytes,
+        xattrs: dict[int, dict[bytes, bytes]],
+        sparse: dict[int, tuple[tuple[int, int], ...]],
+        file_bytes: int,
+    ) -> MergedTree:
+        """A tree from the columns of another one (as the index cache stored them)."""
+        tree = cls.__new__(cls)
+        for name, values in columns.items():
+            setattr(tree, name, values)
+        tree.child_ino = child_ino
+        tree.child_name = child_name
+        tree.names = names
+        tree.targets = targets
+        tree.xattrs = xattrs
+        tree.sparse = sparse
+        tree.file_bytes = file_bytes
+        return tree
 
     def _add_inode(self, node: Node, ino: int, parent: int, targets: bytearray) -> None:
         self.mode.append(node.mode)

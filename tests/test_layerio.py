@@ -15,15 +15,18 @@ from pathlib import Path
 import pytest
 from tarbuild import f, make_tar
 
-from ocifs.errors import CompressionError, LayerError
-from ocifs.gzindex import SeekPointBuilder
+from ocifs.errors import LayerError
+from ocifs.gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints
 from ocifs.image import Image, load_image
 from ocifs.layerio import (
-    MAX_SPAN,
-    SEEK_POINT_SPACING,
+    BLOCK,
+    BlockCache,
     DamagedLayer,
     GzipLayerReader,
+    IndexedLayer,
+    LayerReader,
     index_layer,
+    open_reader,
 )
 from ocifs.layout import LayerRef, ResolvedImage
 from ocifs.ocibuild import OCI_LAYER_GZIP, OCI_LAYER_TAR, sha256_digest
@@ -37,6 +40,10 @@ def layer_ref(
     path.write_bytes(blob)
     media_type = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
     return LayerRef(index, digest, len(blob), media_type, compression, sha256_digest(tar), path)
+
+
+def reader_of(indexed: IndexedLayer, cache: BlockCache | None = None) -> LayerReader:
+    return open_reader(indexed.layer, indexed.points, cache or BlockCache())
 
 
 def text_blocks(size: int, seed: int) -> bytes:
@@ -66,15 +73,16 @@ def test_index_and_read_back_every_file(
     tar, files = big_tar
     blob = gzip.compress(tar, compresslevel=1) if compression == "gzip" else tar
     indexed = index_layer(layer_ref(tmp_path, blob, tar, compression))
+    reader = reader_of(indexed)
     try:
         by_name = {entry.path.decode(): entry for entry in indexed.entries}
         for name, data in files.items():
             entry = by_name[name]
-            assert indexed.reader.pread(entry.data_offset, entry.size) == data
+            assert reader.pread(entry.data_offset, entry.size) == data
             middle = entry.size // 2
-            assert indexed.reader.pread(entry.data_offset + middle, 5) == data[middle : middle + 5]
+            assert reader.pread(entry.data_offset + middle, 5) == data[middle : middle + 5]
     finally:
-        indexed.reader.close()
+        reader.close()
 
 
 def test_gzip_reads_start_from_a_seek_point_near_the_offset(
@@ -83,14 +91,60 @@ def test_gzip_reads_start_from_a_seek_point_near_the_offset(
     """A read near the end of a big gzip layer never decompresses from the layer's start."""
     tar, files = big_tar
     indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
-    reader = indexed.reader
+    reader = reader_of(indexed)
     assert isinstance(reader, GzipLayerReader)
-    points = [uncompressed for uncompressed, _ in reader.gzip.seek_points()]
+    points = list(reader.points.uncompressed)
     last = next(e for e in indexed.entries if e.path == b"last-small")
     below = max(point for point in points if point <= last.data_offset)
-    assert last.data_offset - below <= SEEK_POINT_SPACING + (1 << 20)
-    assert len(points) >= len(tar) // SEEK_POINT_SPACING
+    assert last.data_offset - below <= DEFAULT_SPACING + (1 << 20)
+    assert len(points) >= len(tar) // DEFAULT_SPACING
     assert reader.pread(last.data_offset, last.size) == files["last-small"]
+    assert reader.cursors[-1].position - below <= DEFAULT_SPACING + 2 * BLOCK
+    reader.close()
+
+
+def test_sequential_reads_continue_where_the_last_one_stopped(
+    tmp_path: Path, big_tar: tuple[bytes, dict[str, bytes]]
+) -> None:
+    """Reading a file front to back uses one cursor that moves on; it is never restarted
+    from a seek point, and nothing is inflated twice."""
+    tar, files = big_tar
+    indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
+    reader = reader_of(indexed, BlockCache(1 << 20))  # too small to hide a restart
+    assert isinstance(reader, GzipLayerReader)
+    started = []
+    original = GzipCursor.__init__
+
+    def counting(self: GzipCursor, fd: int, points: SeekPoints, index: int) -> None:
+        started.append(index)
+        original(self, fd, points, index)
+
+    entry = next(e for e in indexed.entries if e.path == b"first")
+    try:
+        GzipCursor.__init__ = counting  # type: ignore[method-assign]
+        data = b"".join(
+            reader.pread(entry.data_offset + at, min(128 << 10, entry.size - at))
+            for at in range(0, entry.size, 128 << 10)
+        )
+    finally:
+        GzipCursor.__init__ = original  # type: ignore[method-assign]
+    assert data == files["first"]
+    assert len(started) == 1
+    assert len(reader.points) > 5  # there were seek points it could have restarted from
+    reader.close()
+
+
+def test_blocks_are_shared_by_readers_and_bounded(
+    tmp_path: Path, big_tar: tuple[bytes, dict[str, bytes]]
+) -> None:
+    tar, files = big_tar
+    indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
+    cache = BlockCache(4 * BLOCK)
+    reader = reader_of(indexed, cache)
+    entry = next(e for e in indexed.entries if e.path == b"first")
+    assert reader.pread(entry.data_offset, entry.size) == files["first"]
+    assert cache.size <= 4 * BLOCK
+    assert len(cache.blocks) == 4
     reader.close()
 
 
@@ -100,7 +154,7 @@ def test_r9_layer_digest_mismatch(tmp_path: Path) -> None:
     bad = LayerRef(0, "sha256:" + "0" * 64, ref.size, ref.media_type, "none", ref.diff_id, ref.path)
     with pytest.raises(LayerError, match=r"layer 0 \(sha256:0+\): layer digest mismatch"):
         index_layer(bad)
-    index_layer(bad, verify=False).reader.close()  # --no-verify trusts the layout
+    assert index_layer(bad, verify=False).entries  # --no-verify trusts the layout
 
 
 def test_r9_b2_diff_id_mismatch_in_gzip_layer(tmp_path: Path) -> None:
@@ -135,8 +189,9 @@ def test_b3_concatenated_members_and_zero_padding_are_fine(tmp_path: Path) -> No
     blob = gzip.compress(tar[:4096]) + gzip.compress(tar[4096:]) + b"\0" * 1024
     indexed = index_layer(layer_ref(tmp_path, blob, tar, "gzip"))
     b = next(e for e in indexed.entries if e.path == b"b")
-    assert indexed.reader.pread(b.data_offset, b.size) == b"2" * 5000
-    indexed.reader.close()
+    reader = reader_of(indexed)
+    assert reader.pread(b.data_offset, b.size) == b"2" * 5000
+    reader.close()
 
 
 def test_damaged_region_after_indexing_gives_damaged_layer_then_recovers(tmp_path: Path) -> None:
@@ -146,16 +201,17 @@ def test_damaged_region_after_indexing_gives_damaged_layer_then_recovers(tmp_pat
     blob = gzip.compress(tar, compresslevel=6)
     ref = layer_ref(tmp_path, blob, tar, "gzip")
     indexed = index_layer(ref)
+    reader = reader_of(indexed)
     entry = {e.path: e for e in indexed.entries}[b"second"]
     with open(ref.path, "r+b") as damaged:
         damaged.seek(len(blob) * 3 // 4)
         damaged.write(os.urandom(64 << 10))
     with pytest.raises(DamagedLayer):
         for offset in range(0, entry.size, 1 << 20):
-            indexed.reader.pread(entry.data_offset + offset, 1 << 20)
+            reader.pread(entry.data_offset + offset, 1 << 20)
     head = {e.path: e for e in indexed.entries}[b"first"]
-    assert indexed.reader.pread(head.data_offset, 4096) == first[:4096]
-    indexed.reader.close()
+    assert reader.pread(head.data_offset, 4096) == first[:4096]
+    reader.close()
 
 
 def test_a9_sparse_files_read_zeros_in_holes(tmp_path: Path) -> None:
@@ -227,29 +283,6 @@ def test_uncompressed_tar_hash_matches_digest(tmp_path: Path) -> None:
     assert ref.digest == "sha256:" + hashlib.sha256(data).hexdigest() == ref.diff_id
     indexed = index_layer(ref)
     assert [e.path for e in indexed.entries] == [b"x"]
-    indexed.reader.close()
-
-
-def test_seek_points_built_in_process_when_the_interpreter_cannot_be_started_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """gzindex runs in a child process when it can, and in this one when it cannot."""
-    tar = make_tar([f("a", text_blocks(6 << 20, 5)), f("b", b"end")])
-    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
-    indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
-    reader = indexed.reader
-    assert isinstance(reader, GzipLayerReader)
-    assert len(reader.points) >= 2
-    b = next(e for e in indexed.entries if e.path == b"b")
-    assert reader.pread(b.data_offset, b.size) == b"end"
-    reader.close()
-
-
-def test_seek_point_builder_reports_a_damaged_stream(tmp_path: Path) -> None:
-    blob = tmp_path / "damaged.gz"
-    blob.write_bytes(b"\x1f\x8b but not gzip after all" * 100)
-    with pytest.raises(CompressionError, match=r"cannot index the gzip stream: .*Error"):
-        SeekPointBuilder(blob, SEEK_POINT_SPACING).result()
 
 
 def test_reads_across_seek_points_far_apart(tmp_path: Path) -> None:
@@ -262,10 +295,11 @@ def test_reads_across_seek_points_far_apart(tmp_path: Path) -> None:
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31, 9)
     blob = compressor.compress(tar) + compressor.flush()
     indexed = index_layer(layer_ref(tmp_path, blob, tar, "gzip"))
-    reader = indexed.reader
+    reader = reader_of(indexed)
     assert isinstance(reader, GzipLayerReader)
-    gaps = [b - a for a, b in zip(reader.points, [*reader.points[1:], reader.size], strict=True)]
-    assert max(gaps) > MAX_SPAN  # the case this test is about
+    points = list(reader.points.uncompressed)
+    gaps = [b - a for a, b in zip(points, [*points[1:], reader.size], strict=True)]
+    assert max(gaps) > 4 * DEFAULT_SPACING  # the case this test is about
     entries = {e.path: e for e in indexed.entries}
     assert reader.pread(entries[b"tail"].data_offset, len(tail)) == tail
     assert reader.pread(entries[b"end"].data_offset, 3) == b"end"
@@ -282,7 +316,6 @@ def test_r9_uncompressed_layer_with_sha512_digest_and_sha256_diff_id(tmp_path: P
     good = LayerRef(0, sha512, ref.size, ref.media_type, "none", ref.diff_id, ref.path)
     indexed = index_layer(good)
     assert [e.path for e in indexed.entries] == [b"a"]
-    indexed.reader.close()
     bad = LayerRef(
         0, "sha512:" + "0" * 128, ref.size, ref.media_type, "none", ref.diff_id, ref.path
     )

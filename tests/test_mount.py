@@ -552,7 +552,7 @@ def test_big_file_random_reads(mnt: Path) -> None:
 def test_concurrent_reads_while_listing(image: Image, tmp_path: Path) -> None:
     """Eight threads read one gzip layer at random places, on a fresh mount so that the reads
     reach the daemon, while another thread lists the tree: every read returns the right bytes
-    (the layer's indexed_gzip object is shared under a lock, its spans through one cache)."""
+    (the layer's cursors are shared under a lock, its blocks through one cache)."""
 
     def reader(mnt: Path, seed: int) -> int:
         rng = random.Random(seed)

@@ -1,0 +1,332 @@
+"""The persistent index cache, without a mount: round trips, damage, reuse across images."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from tarbuild import Member, d, f, link, make_tar, sym
+
+from ocifs import indexcache
+from ocifs.errors import LayerError
+from ocifs.image import LoadReport, load_image
+from ocifs.indexcache import CacheMiss, IndexCache, read_file
+from ocifs.layerio import index_layer
+from ocifs.layout import LayerRef, ResolvedImage
+from ocifs.ocibuild import OCI_LAYER_GZIP, OCI_LAYER_TAR, sha256_digest
+from ocifs.tarscan import scan_tar
+from ocifs.tree import TreeBuilder
+
+
+def awkward_members() -> list[Member]:
+    return [
+        d("etc"),
+        f("etc/passwd", b"root:x:0:0::/root:/bin/sh\n", uid=0, gid=0, mode=0o644),
+        f("etc/shadow", b"secret", mode=0o640, gid=42),
+        sym("etc/localtime", "/usr/share/zoneinfo/UTC"),
+        link("etc/passwd-link", "etc/passwd"),
+        Member("dev/null", "char", devmajor=1, devminor=3, mode=0o666),
+        Member("dev/sda", "block", devmajor=8, devminor=0),
+        Member("run/fifo", "fifo"),
+        f("bin/ping", b"\x7fELF", pax={"SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}),
+        f("x" * 150 + "/long-name-" + "y" * 120, b"long"),
+        f("usr/lib/setuid", b"#!", mode=0o4755, uid=65534, gid=65534),
+        f("times/ns", b"", pax={"mtime": "1700000000.123456789"}),
+        f("big-ids", b"", uid=2**32 - 2, gid=2**31),
+    ]
+
+
+def blob_layer(tmp_path: Path, tar: bytes, compression: str, index: int = 0) -> LayerRef:
+    blob = gzip.compress(tar, compresslevel=1, mtime=0) if compression == "gzip" else tar
+    digest = sha256_digest(blob)
+    path = tmp_path / "blobs" / digest[7:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob)
+    media_type = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
+    return LayerRef(index, digest, len(blob), media_type, compression, sha256_digest(tar), path)
+
+
+def image_of(layers: list[LayerRef]) -> ResolvedImage:
+    layers = [
+        LayerRef(n, x.digest, x.size, x.media_type, x.compression, x.diff_id, x.path)
+        for n, x in enumerate(layers)
+    ]
+    return ResolvedImage(
+        layout=layers[0].path.parent,
+        manifest_digest="sha256:" + "0" * 64,
+        config_digest="sha256:" + "1" * 64,
+        config={},
+        platform=None,
+        layers=tuple(layers),
+    )
+
+
+def tree_listing(tree: object) -> list[tuple[bytes, tuple[object, ...]]]:
+    return [(path, tuple(inode)) for path, inode in tree.walk()]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_layer_index_round_trip_keeps_every_entry_field(tmp_path: Path, compression: str) -> None:
+    """Entries come back equal, field by field: names, modes, ids, ns mtimes, devices,
+    link names, xattrs (A5-A8), data offsets; gzip seek points come back too."""
+    tar = make_tar([*awkward_members(), f("data", os.urandom(3 << 20))])
+    layer = blob_layer(tmp_path, tar, compression)
+    indexed = index_layer(layer, spacing=256 << 10)
+    cache = IndexCache(tmp_path / "cache")
+    cache.store_layer(layer, True, indexed.uncompressed_size, indexed.entries, indexed.points)
+
+    loaded = cache.load_layer(layer, with_entries=True)
+    assert loaded.verified
+    assert loaded.uncompressed_size == len(tar)
+    assert loaded.entries == indexed.entries
+    assert loaded.entries == list(scan_tar(_Reader(tar)))
+    if compression == "gzip":
+        assert loaded.points is not None and indexed.points is not None
+        assert len(loaded.points) == len(indexed.points) > 4
+        assert list(loaded.points.uncompressed) == list(indexed.points.uncompressed)
+        assert list(loaded.points.compressed) == list(indexed.points.compressed)
+        assert bytes(loaded.points.bits) == bytes(indexed.points.bits)
+        for n in range(len(loaded.points)):
+            assert loaded.points.window(n) == indexed.points.window(n)
+    else:
+        assert loaded.points is None
+    points_only = cache.load_layer(layer, with_entries=False)
+    assert points_only.entries is None
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.at = 0
+
+    def read(self, size: int) -> bytes:
+        chunk = bytes(self.data[self.at : self.at + size])
+        self.at += len(chunk)
+        return chunk
+
+
+def test_merged_tree_round_trip_is_identical(tmp_path: Path) -> None:
+    """Inode numbers, attributes, children order, hardlink sharing (H1), xattrs, symlink
+    texts: the tree read back walks exactly like the one stored."""
+    lower = make_tar(awkward_members())
+    upper = make_tar([f("etc/.wh.shadow"), f("etc/new", b"new"), d("etc", mode=0o700)])
+    builder = TreeBuilder()
+    builder.apply_layer(0, scan_tar(_Reader(lower)))
+    builder.apply_layer(1, scan_tar(_Reader(upper)))
+    tree = builder.freeze()
+    layers = [blob_layer(tmp_path, lower, "none"), blob_layer(tmp_path, upper, "none", 1)]
+    cache = IndexCache(tmp_path / "cache")
+    cache.store_tree(layers, tree)
+
+    again = cache.load_tree(layers)
+    assert tree_listing(again) == tree_listing(tree)
+    assert len(again) == len(tree)
+    assert again.file_bytes == tree.file_bytes
+    passwd = again.find(b"etc/passwd")
+    assert passwd is not None and passwd.nlink == 2
+    assert again.find(b"etc/passwd-link") == passwd
+    assert again.find(b"etc/shadow") is None
+    with pytest.raises(CacheMiss, match="does not exist"):
+        cache.load_tree(layers[:1])
+
+
+def cached_image(tmp_path: Path, compression: str = "gzip") -> tuple[ResolvedImage, IndexCache]:
+    lower = make_tar([d("usr"), f("usr/a", b"a" * 5000), f("usr/big", os.urandom(1 << 20))])
+    upper = make_tar([f("usr/.wh.a"), f("usr/b", b"bee")])
+    resolved = image_of(
+        [blob_layer(tmp_path, lower, compression), blob_layer(tmp_path, upper, compression, 1)]
+    )
+    return resolved, IndexCache(tmp_path / "cache")
+
+
+def load(resolved: ResolvedImage, cache: IndexCache | None, verify: bool = True) -> LoadReport:
+    report = LoadReport()
+    image = load_image(resolved, verify=verify, cache=cache, report=report)
+    try:
+        big = image.tree.find(b"usr/big")
+        assert big is not None
+        data = image.read(big, 0, big.size)
+        assert len(data) == 1 << 20
+        assert image.tree.find(b"usr/a") is None
+        b = image.tree.find(b"usr/b")
+        assert b is not None and image.read(b, 0, 10) == b"bee"
+    finally:
+        image.close()
+    return report
+
+
+def test_second_load_reads_no_blob_and_merges_nothing(tmp_path: Path) -> None:
+    resolved, cache = cached_image(tmp_path)
+    first = load(resolved, cache)
+    assert first.indexed == list(resolved.layers) and not first.tree_from_cache
+    second = load(resolved, cache)
+    assert second.indexed == [] and second.tree_from_cache
+    assert second.from_cache == list(resolved.layers)
+
+
+def test_image_sharing_a_base_layer_takes_it_from_the_cache(tmp_path: Path) -> None:
+    """Blobs are content-addressed: the base indexed for one image serves another."""
+    resolved, cache = cached_image(tmp_path)
+    load(resolved, cache)
+    other_upper = blob_layer(
+        tmp_path, make_tar([f("usr/.wh.a"), f("usr/b", b"bee"), f("usr/c", b"c")]), "gzip", 1
+    )
+    other = image_of([resolved.layers[0], other_upper])
+    report = load(other, cache)
+    assert [layer.digest for layer in report.from_cache] == [resolved.layers[0].digest]
+    assert [layer.digest for layer in report.indexed] == [other_upper.digest]
+    assert not report.tree_from_cache
+    assert load(other, cache).tree_from_cache
+
+
+def test_no_cache_writes_nothing(tmp_path: Path) -> None:
+    resolved, cache = cached_image(tmp_path)
+    load(resolved, None)
+    assert not cache.root.exists()
+
+
+def test_index_built_without_verification_is_not_trusted_by_a_verifying_load(
+    tmp_path: Path,
+) -> None:
+    """R9 still holds with a cache: --no-verify indexes are re-done (and checked) on a
+    load that verifies; an unverifying load takes a verified index."""
+    resolved, cache = cached_image(tmp_path)
+    assert load(resolved, cache, verify=False).indexed == list(resolved.layers)
+    assert load(resolved, cache, verify=True).indexed == list(resolved.layers)
+    report = load(resolved, cache, verify=False)
+    assert report.indexed == [] and report.tree_from_cache
+
+
+def damage_cases() -> list[str]:
+    return [
+        "truncated-preamble",
+        "truncated-header",
+        "truncated-section",
+        "extra-bytes",
+        "flipped-header-byte",
+        "flipped-section-byte",
+        "old-version",
+        "not-ocifs",
+        "empty",
+        "directory",
+        "other-blob-same-name",
+    ]
+
+
+@pytest.mark.parametrize("case", damage_cases())
+def test_damaged_cache_file_is_ignored_and_rebuilt(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A truncated, corrupt or old-format cache file is never trusted: the layer is
+    indexed again and the file replaced by a good one."""
+    resolved, cache = cached_image(tmp_path)
+    load(resolved, cache)
+    layer = resolved.layers[0]
+    path = cache.layer_path(layer.digest)
+    data = path.read_bytes()
+    preamble = indexcache.PREAMBLE.size
+    _, _, header_length, _ = indexcache.PREAMBLE.unpack(data[:preamble])
+    if case == "truncated-preamble":
+        path.write_bytes(data[:10])
+    elif case == "truncated-header":
+        path.write_bytes(data[: preamble + header_length // 2])
+    elif case == "truncated-section":
+        path.write_bytes(data[:-100])
+    elif case == "extra-bytes":
+        path.write_bytes(data + b"\0")
+    elif case == "flipped-header-byte":
+        at = preamble + header_length // 2
+        path.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
+    elif case == "flipped-section-byte":
+        at = len(data) - 50
+        path.write_bytes(data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :])
+    elif case == "old-version":
+        path.write_bytes(data[:8] + struct.pack("<I", 0) + data[12:])
+    elif case == "not-ocifs":
+        path.write_bytes(b"hello" * 100)
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "directory":
+        path.unlink()
+        path.mkdir()
+    blob = layer.path.read_bytes()
+    if case == "other-blob-same-name":
+        layer.path.write_bytes(blob[:3] + bytes([blob[3] ^ 1]) + blob[4:])  # gzip FLG byte
+    with pytest.raises(CacheMiss):
+        cache.load_layer(layer, with_entries=True)
+    layer.path.write_bytes(blob)
+    if case == "other-blob-same-name":
+        assert cache.load_layer(layer, with_entries=True).entries  # the right blob is back
+        return
+    if case == "directory":
+        path.rmdir()
+    cache.tree_path(resolved.layers).unlink()  # so the merge needs the layer's entries
+    with caplog.at_level(logging.INFO, logger="ocifs"):
+        report = load(resolved, cache)
+    assert layer in report.indexed
+    assert cache.load_layer(layer, with_entries=True).entries  # rebuilt, and good
+
+
+def test_a_blob_replaced_under_its_name_is_indexed_again(tmp_path: Path) -> None:
+    """The cache keys on the digest, but checks a sample of the blob: a different blob
+    under the same name (damaged, swapped) is never served from the old index."""
+    resolved, cache = cached_image(tmp_path)
+    load(resolved, cache)
+    layer = resolved.layers[1]
+    original = layer.path.read_bytes()
+    layer.path.write_bytes(original[:-8] + b"\0" * 8)  # the gzip trailer is gone
+    with pytest.raises(CacheMiss, match="differs from the one indexed"):
+        cache.load_layer(layer, with_entries=False)
+    with pytest.raises(LayerError, match=r"mismatch|damaged|truncated"):
+        load(resolved, cache)
+
+
+def test_write_is_atomic_and_leaves_no_temporary_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved, cache = cached_image(tmp_path)
+    load(resolved, cache)
+    path = cache.layer_path(resolved.layers[0].digest)
+    before = path.read_bytes()
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(indexcache.os, "replace", fail)
+    indexed = index_layer(resolved.layers[0])
+    cache.store_layer(resolved.layers[0], True, 0, indexed.entries, indexed.points)  # logged
+    assert path.read_bytes() == before
+    leftovers = [p.name for p in cache.root.rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
+
+
+def test_unwritable_cache_dir_still_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    resolved, _ = cached_image(tmp_path)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING, logger="ocifs"):
+        report = load(resolved, IndexCache(blocker / "cache"))
+    assert report.indexed == list(resolved.layers)
+    assert "cannot write the index cache" in caplog.text
+
+
+def test_cache_file_names_come_from_the_digest_only(tmp_path: Path) -> None:
+    """Nothing in an image chooses a host path: the file name is the digest's hex."""
+    resolved, cache = cached_image(tmp_path)
+    load(resolved, cache)
+    names = sorted(
+        p.relative_to(cache.root).as_posix() for p in cache.root.rglob("*") if p.is_file()
+    )
+    hexes = sorted(f"layers/sha256/{layer.digest[7:]}" for layer in resolved.layers)
+    key = indexcache.tree_key(resolved.layers)
+    assert names == sorted([*hexes, f"trees/{key}"])
+    meta, _ = read_file(cache.layer_path(resolved.layers[0].digest), "layer", set())
+    assert meta["digest"] == resolved.layers[0].digest
+    assert json.dumps(meta)  # plain JSON
+    assert hashlib.sha256(b"").hexdigest() not in names
