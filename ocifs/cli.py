@@ -1,9 +1,11 @@
-"""The command line: ``ocifs mount`` and ``ocifs umount``.
+"""The command line: ``ocifs mount``, ``ocifs umount`` and ``ocifs index``.
 
-``mount`` resolves and indexes the image in the foreground (so every problem is reported as one
-line with a non-zero exit, before anything is attached), mounts it, and then, unless ``-f`` was
+``mount`` resolves and indexes the image in the foreground, or takes its index from the cache
+(so every problem is reported as one line with a non-zero exit, before anything is attached),
+mounts it, and then, unless ``-f`` was
 given, leaves a daemon behind that serves the mount and returns. The daemon unmounts cleanly on
 SIGINT or SIGTERM, and ends by itself when the mount is taken away with ``ocifs umount``.
+``index`` builds the cached indexes of an image without mounting it, so a later mount is quick.
 """
 
 from __future__ import annotations
@@ -18,11 +20,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
 
 import pyfuse3
 import trio
@@ -30,9 +29,11 @@ import trio
 from . import __version__
 from .errors import OcifsError
 from .fuse_ops import ImageOperations
-from .image import Image, load_image
-from .layerio import Progress
-from .layout import LayerRef, Platform, resolve, split_image_arg
+from .image import Image, LoadReport, load_image
+from .indexcache import IndexCache, default_cache_dir
+from .layerio import BLOCK_CACHE_BYTES
+from .layout import Platform, resolve, split_image_arg
+from .progress import TerminalProgress
 
 logger = logging.getLogger("ocifs")
 
@@ -53,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("image", metavar="LAYOUT[:REF|@DIGEST]")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    add_image_options(mount)
+    mount.add_argument(
+        "--read-cache",
+        type=parse_size,
+        default=BLOCK_CACHE_BYTES,
+        metavar="SIZE",
+        help="memory for decompressed data shared by all open files, such as 64M or 1G"
+        f" (default {BLOCK_CACHE_BYTES >> 20}M)",
+    )
     mount.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
     )
@@ -64,21 +74,60 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OPT[,OPT...]",
         help="FUSE mount options, such as allow_other",
     )
-    mount.add_argument(
-        "--platform",
-        metavar="OS/ARCH[/VARIANT]",
-        help="platform to choose from an image index (default: this machine's)",
-    )
-    mount.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="do not check layer digests and diff_ids (for layouts you trust)",
-    )
     mount.add_argument("--debug", action="store_true", help="log every request")
 
     umount = commands.add_parser("umount", help="unmount an ocifs mount")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+
+    index = commands.add_parser(
+        "index",
+        help="build an image's cached indexes without mounting it",
+        description="Index every layer of LAYOUT[:REF|@DIGEST] into the cache, so that a"
+        " later mount reads no layer blob.",
+    )
+    index.add_argument("image", metavar="LAYOUT[:REF|@DIGEST]")
+    add_image_options(index)
+    index.add_argument("--debug", action="store_true", help="log what is done")
     return parser
+
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to choose from an image index (default: this machine's)",
+    )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check layer digests and diff_ids (for layouts you trust)",
+    )
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where layer indexes are kept (default {display_cache_dir()})",
+    )
+    cache.add_argument("--no-cache", action="store_true", help="keep the indexes in memory only")
+
+
+def display_cache_dir() -> str:
+    return str(default_cache_dir()).replace(os.path.expanduser("~"), "~", 1)
+
+
+def parse_size(text: str) -> int:
+    """A byte count such as 4096, 64K, 64M or 1G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in units else ""
+    try:
+        value = int(number[: len(number) - len(unit)]) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "mount":
             return mount(args)
+        if args.command == "index":
+            return index(args)
         return umount(args.mountpoint)
     except OcifsError as error:
         print(f"ocifs: error: {error}", file=sys.stderr)
@@ -105,21 +156,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def mount(args: argparse.Namespace) -> int:
-    mountpoint: Path = args.mountpoint
-    if not mountpoint.is_dir():
-        raise OcifsError(f"mountpoint {mountpoint} is not a directory")
+def open_image(args: argparse.Namespace, report: LoadReport) -> Image:
+    """Resolve the image argument and load the image, through the cache unless told not to."""
     layout, ref, digest = split_image_arg(args.image)
     platform = Platform.parse(args.platform) if args.platform else None
     resolved = resolve(layout, ref, digest, platform)
     logger.info("resolved %s to manifest %s", args.image, resolved.manifest_digest)
-
-    progress = TerminalProgress(resolved.layers, sys.stderr) if sys.stderr.isatty() else None
+    cache = None if args.no_cache else IndexCache(args.cache_dir or default_cache_dir())
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
-        image = load_image(resolved, verify=not args.no_verify, progress=progress)
+        return load_image(
+            resolved,
+            verify=not args.no_verify,
+            progress=progress,
+            cache=cache,
+            block_cache_bytes=getattr(args, "read_cache", BLOCK_CACHE_BYTES),
+            report=report,
+        )
     finally:
         if progress is not None:
             progress.finish()
+
+
+def index(args: argparse.Namespace) -> int:
+    report = LoadReport()
+    image = open_image(args, report)
+    image.close()
+    where = "memory only" if args.no_cache else str(args.cache_dir or default_cache_dir())
+    print(
+        f"ocifs: {args.image}: {len(image.resolved.layers)} layer(s),"
+        f" {len(report.indexed)} indexed, {len(report.from_cache)} from the cache;"
+        f" {len(image.tree):,} inodes; cache: {where}"
+    )
+    return 0
+
+
+def mount(args: argparse.Namespace) -> int:
+    mountpoint: Path = args.mountpoint
+    if not mountpoint.is_dir():
+        raise OcifsError(f"mountpoint {mountpoint} is not a directory")
+    image = open_image(args, LoadReport())
 
     release_free_memory()
     options = mount_options(args.image, args.options)
@@ -258,44 +334,3 @@ def unescape_mount_path(field: str) -> str:
     for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
         field = field.replace(escaped, plain)
     return field
-
-
-class TerminalProgress:
-    """One status line on a terminal while layers are indexed: done/total, rate, time left."""
-
-    def __init__(self, layers: Sequence[LayerRef], out: TextIO) -> None:
-        self.out = out
-        self.total = sum(layer.size for layer in layers) or 1
-        self.done = 0
-        self.layers = len(layers)
-        self.started = time.monotonic()
-        self.shown = 0.0
-        self.lock = threading.Lock()
-        self.drawn = False
-
-    def __call__(self, layer: LayerRef) -> Progress:
-        def advance(count: int) -> None:
-            with self.lock:
-                self.done += count
-                now = time.monotonic()
-                if now - self.shown >= 0.2:
-                    self.shown = now
-                    self.draw(now)
-
-        return advance
-
-    def draw(self, now: float) -> None:
-        elapsed = max(now - self.started, 1e-6)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        self.out.write(
-            f"\rocifs: indexing {self.layers} layer(s): {self.done / 1e6:,.0f}"
-            f" of {self.total / 1e6:,.0f} MB, {rate / 1e6:,.1f} MB/s, {left:,.0f} s left   "
-        )
-        self.out.flush()
-        self.drawn = True
-
-    def finish(self) -> None:
-        if self.drawn:
-            self.out.write("\r\033[K")
-            self.out.flush()
