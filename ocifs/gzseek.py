@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from .errors import CompressionError
 
@@ -64,7 +64,16 @@ Z_ERRORS = {
 # block", bits 0-2 the unused bits in the last input byte.
 BOUNDARY, LAST_BLOCK, BIT_MASK = 128, 64, 7
 
-WindowBuffer = bytes | bytearray | memoryview | mmap.mmap
+
+class WindowSource(Protocol):
+    """Windows kept outside memory (the index cache reads them from its file on demand)."""
+
+    def __getitem__(self, index: slice, /) -> bytes: ...
+
+    def __len__(self) -> int: ...
+
+
+WindowBuffer = bytes | bytearray | memoryview | mmap.mmap | WindowSource
 
 
 class ZStream(ctypes.Structure):

@@ -208,10 +208,13 @@ def index_layers(
 
         def index_and_store(layer: LayerRef, advance: Progress) -> IndexedLayer:
             indexed = index_layer(layer, verify, advance, spacing)
-            if cache is not None:
-                cache.store_layer(
-                    layer, verify, indexed.uncompressed_size, indexed.entries, indexed.points
-                )
+            if cache is not None and cache.store_layer(
+                layer, verify, indexed.uncompressed_size, indexed.entries, indexed.points
+            ):
+                # Serve the seek-point windows from the file just written, not from memory.
+                stored = cached_layer(cache, layer, verify, with_entries=False)
+                if stored is not None and stored.points is not None:
+                    indexed.points = stored.points
             return indexed
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="index") as pool:

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import tarscan
 from .gzseek import SeekPoints
@@ -94,7 +94,7 @@ class IndexCache:
     def load_layer(self, layer: LayerRef, with_entries: bool) -> CachedLayer:
         path = self.layer_path(layer.digest)
         wanted = None if with_entries else {"points"}
-        meta, sections = read_file(path, "layer", wanted)
+        meta, sections = read_file(path, "layer", wanted, lazy=frozenset({"points.windows"}))
         if meta.get("digest") != layer.digest or meta.get("blob_size") != layer.size:
             raise CacheMiss(f"{path} describes another blob")
         if meta.get("compression") != layer.compression:
@@ -117,12 +117,13 @@ class IndexCache:
         uncompressed_size: int,
         entries: list[TarEntry],
         points: SeekPoints | None,
-    ) -> None:
+    ) -> bool:
+        """Store a layer's index; False if it could not be written (logged)."""
         try:
             entry_meta, sections = encode_entries(entries)
         except (OverflowError, ValueError) as error:  # numbers no column can hold: merge refuses
             logger.info("not caching the index of %s: %s", layer.describe(), error)
-            return
+            return False
         meta: dict[str, Any] = {
             "digest": layer.digest,
             "blob_size": layer.size,
@@ -135,7 +136,7 @@ class IndexCache:
         }
         if points is not None:
             meta["points"] = encode_points(points, sections)
-        self._write(self.layer_path(layer.digest), "layer", meta, sections)
+        return self._write(self.layer_path(layer.digest), "layer", meta, sections)
 
     def load_tree(self, layers: Sequence[LayerRef]) -> MergedTree:
         path = self.tree_path(layers)
@@ -154,11 +155,13 @@ class IndexCache:
 
     def _write(
         self, path: Path, kind: str, meta: dict[str, Any], sections: dict[str, bytes]
-    ) -> None:
+    ) -> bool:
         try:
             write_file(path, kind, meta, sections)
         except OSError as error:
             logger.warning("cannot write the index cache %s: %s", path, error.strerror or error)
+            return False
+        return True
 
 
 def blob_sample(layer: LayerRef) -> str:
@@ -219,8 +222,8 @@ def write_file(path: Path, kind: str, meta: dict[str, Any], sections: dict[str, 
 
 
 def read_file(
-    path: Path, kind: str, wanted: set[str] | None
-) -> tuple[dict[str, Any], dict[str, bytes]]:
+    path: Path, kind: str, wanted: set[str] | None, lazy: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The meta and the sections of a cache file, all checked: every section, or those whose
     group (the part of the name before the first dot) is ``wanted``."""
     try:
@@ -245,11 +248,16 @@ def read_file(
                 meta = parsed["meta"]
                 table = parsed["sections"]
                 base = PREAMBLE.size + header_length
-                sections: dict[str, bytes] = {}
+                sections: dict[str, Any] = {}
                 for name, offset, length, digest in table:
                     if wanted is not None and name.split(".", 1)[0] not in wanted:
                         continue
                     source.seek(base + offset)
+                    if name in lazy:  # checked now, read again when needed
+                        if hash_stream(source, length) != digest:
+                            raise CacheMiss(f"{path} is damaged (section {name})")
+                        sections[name] = FileSection(path, base + offset, length)
+                        continue
                     data = source.read(length)
                     if len(data) != length:
                         raise CacheMiss(f"{path} is truncated")
@@ -269,6 +277,49 @@ def read_file(
     if not isinstance(meta, dict):
         raise CacheMiss(f"{path} has a damaged header")
     return meta, sections
+
+
+def hash_stream(source: BinaryIO, length: int) -> str | None:
+    """SHA-256 of the next ``length`` bytes, or None if the file ends first."""
+    hasher = hashlib.sha256()
+    while length:
+        chunk = source.read(min(length, 1 << 20))
+        if not chunk:
+            return None
+        hasher.update(chunk)
+        length -= len(chunk)
+    return hasher.hexdigest()
+
+
+class FileSection:
+    """A section of a cache file left on disk and read by slices when needed.
+
+    The seek-point windows of a big image are tens of MB that a mount touches a little at a
+    time; read on demand, they cost the daemon no memory. The file is opened again rather
+    than mapped: a cache file damaged under a live mount then fails a read (EIO) instead of
+    killing the daemon with SIGBUS. A replaced file is no problem: the open one stays.
+    """
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.start = start
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: slice, /) -> bytes:
+        start, stop, step = index.indices(self.length)
+        if step != 1:
+            raise ValueError("FileSection slices have no step")
+        return os.pread(self.fd, max(0, stop - start), self.start + start)
+
+    def __bytes__(self) -> bytes:
+        return self[0 : self.length]
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)
 
 
 def column(sections: dict[str, bytes], name: str, typecode: str, length: int) -> array.array[Any]:
@@ -394,7 +445,7 @@ def encode_points(points: SeekPoints, sections: dict[str, bytes]) -> dict[str, A
     sections["points.compressed"] = points.compressed.tobytes()
     sections["points.bits"] = bytes(points.bits)
     sections["points.window_offsets"] = points.window_offsets.tobytes()
-    sections["points.windows"] = bytes(points.windows)
+    sections["points.windows"] = bytes(points.windows[0 : len(points.windows)])
     return {
         "count": len(points),
         "spacing": points.spacing,

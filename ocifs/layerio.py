@@ -119,7 +119,10 @@ class GzipLayerReader:
     def _inflate_block(self, number: int) -> bytes:
         start = number * BLOCK
         length = min(BLOCK, self.points.size - start)
-        cursor = self._cursor_before(start)
+        try:
+            cursor = self._cursor_before(start)
+        except (CompressionError, OSError) as error:  # a damaged window, an unreadable blob
+            raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
         try:
             while cursor.position < start:
                 if cursor.position % BLOCK:
@@ -129,7 +132,7 @@ class GzipLayerReader:
                     passed = cursor.position // BLOCK
                     self.cache.put((self.layer.index, passed), cursor.read(BLOCK))
             data = cursor.read(length)
-        except CompressionError as error:
+        except (CompressionError, OSError) as error:
             self._drop(cursor)
             raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
         if len(data) != length:

@@ -17,7 +17,7 @@ from ocifs import indexcache
 from ocifs.errors import LayerError
 from ocifs.image import LoadReport, load_image
 from ocifs.indexcache import CacheMiss, IndexCache, read_file
-from ocifs.layerio import index_layer
+from ocifs.layerio import BlockCache, DamagedLayer, index_layer, open_reader
 from ocifs.layout import LayerRef, ResolvedImage
 from ocifs.ocibuild import OCI_LAYER_GZIP, OCI_LAYER_TAR, sha256_digest
 from ocifs.tarscan import scan_tar
@@ -330,3 +330,32 @@ def test_cache_file_names_come_from_the_digest_only(tmp_path: Path) -> None:
     assert meta["digest"] == resolved.layers[0].digest
     assert json.dumps(meta)  # plain JSON
     assert hashlib.sha256(b"").hexdigest() not in names
+
+
+def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
+    tmp_path: Path,
+) -> None:
+    """Seek-point windows of a cached layer are read from the cache file when a cursor
+    starts, not held in memory; if that file is damaged meanwhile, the read fails (the
+    mount answers EIO) and nothing else does."""
+    data = os.urandom(3 << 20)
+    tar = make_tar([f("data", data)])
+    layer = blob_layer(tmp_path, tar, "gzip")
+    cache = IndexCache(tmp_path / "cache")
+    indexed = index_layer(layer, spacing=256 << 10)
+    assert cache.store_layer(layer, True, len(tar), indexed.entries, indexed.points)
+    points = cache.load_layer(layer, with_entries=False).points
+    assert points is not None and isinstance(points.windows, indexcache.FileSection)
+    entry = indexed.entries[0]
+    reader = open_reader(layer, points, BlockCache(1 << 20))
+    try:
+        assert reader.pread(entry.data_offset + (2 << 20), 4096) == data[2 << 20 : (2 << 20) + 4096]
+        path = cache.layer_path(layer.digest)
+        with open(path, "r+b") as damaged:  # the windows are the last section
+            damaged.seek(-len(points.windows), os.SEEK_END)
+            damaged.write(b"\xff" * len(points.windows))
+        with pytest.raises(DamagedLayer):
+            reader.pread(entry.data_offset + (1 << 20), 4096)  # a new cursor: a window needed
+        assert reader.pread(entry.data_offset, 100) == data[:100]  # the first point has none
+    finally:
+        reader.close()
