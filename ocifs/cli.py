@@ -195,10 +195,10 @@ def mount(args: argparse.Namespace) -> int:
     mountpoint: Path = args.mountpoint
     if not mountpoint.is_dir():
         raise OcifsError(f"mountpoint {mountpoint} is not a directory")
+    options = mount_options(args.image, args.options)  # a bad option fails before indexing
     image = open_image(args, LoadReport())
 
     release_free_memory()
-    options = mount_options(args.image, args.options)
     with libfuse_messages() as messages:
         try:
             pyfuse3.init(ImageOperations(image), str(mountpoint), options)
@@ -255,7 +255,15 @@ def mount_options(image: str, extra: list[str]) -> set[str]:
     for group in extra:
         options.update(option for option in group.split(",") if option)
     options.discard("rw")
+    for option in options:
+        if option.split("=", 1)[0] in UNSUPPORTED_OPTIONS:
+            # libfuse accepts it at mount time, then ends the session at the kernel's INIT:
+            # the daemon would be gone and the mount point dead.
+            raise OcifsError(f"-o {option} is not supported by ocifs")
     return options
+
+
+UNSUPPORTED_OPTIONS = {"max_read"}
 
 
 def daemonize() -> None:

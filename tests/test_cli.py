@@ -179,3 +179,12 @@ def test_ctrl_c_while_indexing_exits_130_and_mounts_nothing(
     assert "ocifs: interrupted" in text
     assert "Traceback" not in text
     assert not is_mounted(mountpoint)
+
+
+def test_o_max_read_is_refused_before_anything_is_mounted(layout: Path, tmp_path: Path) -> None:
+    """libfuse takes -o max_read at mount time and then ends the session at the kernel's
+    INIT (pyfuse3 asks for another size), leaving a dead mount point: refuse it up front."""
+    result = run_ocifs("mount", "-o", "ro,max_read=1048576", f"{layout}:v1", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr == "ocifs: error: -o max_read=1048576 is not supported by ocifs\n"
+    assert not is_mounted(tmp_path)
