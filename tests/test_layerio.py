@@ -5,11 +5,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import os
 import random
 import subprocess
 import tarfile
+import threading
+import time
 import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,10 +25,14 @@ from ocifs.gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints
 from ocifs.image import Image, load_image
 from ocifs.layerio import (
     BLOCK,
+    READAHEAD_BYTES,
+    READAHEAD_TRIGGER,
     BlockCache,
     DamagedLayer,
     GzipLayerReader,
     IndexedLayer,
+    InflateJob,
+    InflatePool,
     LayerReader,
     index_layer,
     open_reader,
@@ -321,3 +330,384 @@ def test_r9_uncompressed_layer_with_sha512_digest_and_sha256_diff_id(tmp_path: P
     )
     with pytest.raises(LayerError, match="layer digest mismatch"):
         index_layer(bad)
+
+
+# Readahead: sequential reads of a gzip layer are inflated ahead, span by span, in threads.
+
+SPACING = 256 << 10  # more seek points than the default, so a small layer has many spans
+
+
+@pytest.fixture(scope="module")
+def spans_layer(
+    tmp_path_factory: pytest.TempPathFactory, big_tar: tuple[bytes, dict[str, bytes]]
+) -> tuple[IndexedLayer, bytes]:
+    tar, _ = big_tar
+    path = tmp_path_factory.mktemp("spans")
+    ref = layer_ref(path, gzip.compress(tar, compresslevel=6), tar, "gzip")
+    return index_layer(ref, spacing=SPACING), tar
+
+
+def gzip_reader(indexed: IndexedLayer, cache: BlockCache | None = None) -> GzipLayerReader:
+    reader = reader_of(indexed, cache)
+    assert isinstance(reader, GzipLayerReader)
+    return reader
+
+
+def read_in_order(
+    reader: LayerReader,
+    start: int,
+    end: int,
+    size: int,
+    outstanding: int = 2,
+    before: Callable[[int], None] | None = None,
+) -> bytes:
+    """Read [start, end) front to back in ``size`` reads, ``outstanding`` of them in flight
+    at once from as many threads, the way the kernel's FUSE readahead does."""
+    pieces: list[bytes] = []
+    with ThreadPoolExecutor(outstanding) as pool:
+        in_flight: list[Future[bytes]] = []
+        offset = start
+        while offset < end or in_flight:
+            while offset < end and len(in_flight) < outstanding:
+                if before is not None:
+                    before(offset)
+                in_flight.append(pool.submit(reader.pread, offset, min(size, end - offset)))
+                offset += size
+            pieces.append(in_flight.pop(0).result())
+    return b"".join(pieces)
+
+
+@pytest.fixture
+def inflated() -> Iterator[dict[str, int]]:
+    """Counts what every GzipCursor inflates (read or skipped) and how many start."""
+    counts = {"bytes": 0, "cursors": 0}
+    lock = threading.Lock()
+    read, skip, init = GzipCursor.read, GzipCursor.skip, GzipCursor.__init__
+
+    def counting_read(self: GzipCursor, size: int) -> bytes:
+        data = read(self, size)
+        with lock:
+            counts["bytes"] += len(data)
+        return data
+
+    def counting_skip(self: GzipCursor, count: int) -> None:
+        with lock:
+            counts["bytes"] += min(count, self.points.size - self.position)
+        skip(self, count)
+
+    def counting_init(self: GzipCursor, fd: int, points: SeekPoints, index: int) -> None:
+        with lock:
+            counts["cursors"] += 1
+        init(self, fd, points, index)
+
+    GzipCursor.read = counting_read  # type: ignore[method-assign]
+    GzipCursor.skip = counting_skip  # type: ignore[method-assign]
+    GzipCursor.__init__ = counting_init  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        GzipCursor.read = read  # type: ignore[method-assign]
+        GzipCursor.skip = skip  # type: ignore[method-assign]
+        GzipCursor.__init__ = init  # type: ignore[method-assign]
+
+
+def count_puts(cache: BlockCache) -> dict[tuple[int, int], int]:
+    """How often each block was put into the cache (an instance attribute shadows put)."""
+    puts: dict[tuple[int, int], int] = {}
+    put = cache.put
+
+    def counting_put(key: tuple[int, int], block: bytes) -> None:
+        puts[key] = puts.get(key, 0) + 1
+        put(key, block)
+
+    cache.put = counting_put  # type: ignore[method-assign]
+    return puts
+
+
+def inflate_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ocifs-inflate")]
+
+
+@pytest.mark.parametrize(
+    ("size", "outstanding"),
+    [(128 << 10, 2), (BLOCK, 1), ((1 << 20) - 7, 3), (3 * 4096 + 1, 2)],
+)
+def test_sequential_reads_with_readahead_return_the_exact_bytes(
+    spans_layer: tuple[IndexedLayer, bytes], size: int, outstanding: int
+) -> None:
+    indexed, tar = spans_layer
+    reader = gzip_reader(indexed)
+    try:
+        assert read_in_order(reader, 0, len(tar), size, outstanding) == tar
+        assert reader.jobs_started > len(tar) // (2 * SPACING) // 2  # most spans read ahead
+        middle = next(e for e in indexed.entries if e.path == b"middle")
+        start = middle.data_offset + 12345  # a second run, from inside another file
+        expected = tar[start : middle.data_offset + middle.size]
+        assert read_in_order(reader, start, start + len(expected), size, outstanding) == expected
+    finally:
+        reader.close()
+    assert not inflate_threads()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_readahead_inflates_no_block_twice(
+    spans_layer: tuple[IndexedLayer, bytes], inflated: dict[str, int], workers: int
+) -> None:
+    """Jobs and reads claim each block before inflating it: a read waits for a block a job
+    is producing, and each job goes on from the cursor the job before left at its end
+    (or takes the tail of the block across its start from it), so the stream is inflated
+    about once."""
+    indexed, tar = spans_layer
+    cache = BlockCache()
+    cache.pool = InflatePool(workers, cache.limit // 4)
+    puts = count_puts(cache)
+    reader = gzip_reader(indexed, cache)
+    try:
+        assert read_in_order(reader, 0, len(tar), 128 << 10) == tar
+    finally:
+        reader.close()
+    assert reader.jobs_started > 5
+    assert len(puts) == -(-len(tar) // BLOCK)
+    assert set(puts.values()) == {1}
+    if workers == 1:
+        # Each job runs after the one before: it continues that job's cursor. Only the
+        # first job enters at a seek point inside a block and skips to the next one.
+        assert inflated["bytes"] <= len(tar) + BLOCK
+        assert inflated["cursors"] <= 2
+    else:  # a job that starts late may inflate the tail of its neighbour's block again
+        assert inflated["bytes"] <= len(tar) * 1.1
+
+
+class ManualPool(InflatePool):
+    """Keeps the jobs for the test to run, in the order it likes."""
+
+    def submit(self, job: InflateJob) -> bool:
+        self.queue.append(job)
+        return True
+
+
+@pytest.mark.parametrize("order", ["later first", "earlier first", "side by side"])
+def test_neighbouring_jobs_share_the_block_across_their_seek_point(
+    spans_layer: tuple[IndexedLayer, bytes],
+    inflated: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    order: str,
+) -> None:
+    """Each job inflates its part of the block across the seek point where its span meets
+    the next one. The second to get there joins the parts; a job that finds the next one
+    still queued finishes the block and leaves it its cursor. Whatever the order, nothing
+    is inflated twice."""
+    indexed, tar = spans_layer
+    cache = BlockCache()
+    cache.pool = pool = ManualPool(2, cache.limit // 4)
+    puts = count_puts(cache)
+    reader = gzip_reader(indexed, cache)
+    try:
+        for offset in range(0, READAHEAD_TRIGGER, 128 << 10):  # sequential: jobs queued
+            assert reader.pread(offset, 128 << 10) == tar[offset : offset + (128 << 10)]
+        jobs = list(pool.queue)
+        assert len(jobs) >= 3
+        assert all(job.start % BLOCK for job in jobs)  # each one has a seam to share
+        before = inflated["bytes"]
+        if order == "later first":
+            for job in reversed(jobs):
+                job.run()
+        elif order == "earlier first":
+            for job in jobs:
+                job.run()
+        else:  # each job starts, and is held in its first read until the one before ends
+            read = GzipCursor.read
+            gates: dict[str, threading.Event] = {}
+
+            def gated_read(self: GzipCursor, size: int) -> bytes:
+                gate = gates.pop(threading.current_thread().name, None)
+                if gate is not None:
+                    gate.wait()
+                return read(self, size)
+
+            monkeypatch.setattr(GzipCursor, "read", gated_read)
+            held: threading.Thread | None = None
+            held_gate = threading.Event()
+            for job in jobs:
+                gates[f"job-{job.start}"] = gate = threading.Event()
+                thread = threading.Thread(target=job.run, name=f"job-{job.start}")
+                thread.start()
+                while f"job-{job.start}" in gates:  # it is in its first read
+                    time.sleep(0.001)
+                if held is not None:
+                    held_gate.set()
+                    held.join()
+                held, held_gate = thread, gate
+            assert held is not None
+            held_gate.set()
+            held.join()
+        last_block_end = min(len(tar), -(-jobs[-1].end // BLOCK) * BLOCK)
+        assert inflated["bytes"] - before == last_block_end - jobs[0].start
+        assert not reader.jobs and not reader.pending
+        # Read from the cache: reads would queue more jobs, which nobody here runs.
+        for number in range(-(-last_block_end // BLOCK)):
+            block = cache.get((indexed.layer.index, number))
+            assert block == tar[number * BLOCK : (number + 1) * BLOCK]
+    finally:
+        reader.close()
+    assert set(puts.values()) == {1}
+
+
+def test_random_reads_do_not_trigger_readahead(spans_layer: tuple[IndexedLayer, bytes]) -> None:
+    indexed, tar = spans_layer
+    cache = BlockCache()
+    reader = gzip_reader(indexed, cache)
+    rng = random.Random(5)
+    try:
+        for size in (4096, 4096, 64 << 10):
+            for _ in range(100):
+                offset = rng.randrange(0, len(tar) - size)
+                assert reader.pread(offset, size) == tar[offset : offset + size]
+        assert reader.jobs_started == 0
+        assert not cache.pool.threads
+    finally:
+        reader.close()
+
+
+def test_close_stops_jobs_in_flight_and_closes_their_cursors(
+    spans_layer: tuple[IndexedLayer, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    indexed, tar = spans_layer
+    cursors: list[GzipCursor] = []
+    init, read = GzipCursor.__init__, GzipCursor.read
+
+    def recording_init(self: GzipCursor, fd: int, points: SeekPoints, index: int) -> None:
+        cursors.append(self)
+        init(self, fd, points, index)
+
+    def slow_read(self: GzipCursor, size: int) -> bytes:
+        if threading.current_thread().name.startswith("ocifs-inflate"):
+            time.sleep(0.02)  # so that jobs are still running and queued at close
+        return read(self, size)
+
+    monkeypatch.setattr(GzipCursor, "__init__", recording_init)
+    monkeypatch.setattr(GzipCursor, "read", slow_read)
+    cache = BlockCache()
+    cache.pool.attach()  # another layer's reader: the pool outlives this one
+    reader = gzip_reader(indexed, cache)
+    assert read_in_order(reader, 0, 1 << 20, 128 << 10, outstanding=1) == tar[: 1 << 20]
+    assert reader.jobs and inflate_threads()
+    reader.close()
+    assert cursors and all(cursor.inflater is None for cursor in cursors)
+    assert not reader.jobs and not reader.pending and not reader.parked
+    assert inflate_threads()  # idle, for the other reader
+    cache.pool.detach()  # the last reader of the image closed
+    assert not inflate_threads()
+    reader.close()  # idempotent
+
+
+def test_damaged_region_ahead_of_a_sequential_reader_fails_only_the_read_that_reaches_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = text_blocks(8 << 20, 6)
+    tar = make_tar([f("text", data)])
+    blob = gzip.compress(tar, compresslevel=6)
+    ref = layer_ref(tmp_path, blob, tar, "gzip")
+    indexed = index_layer(ref, spacing=SPACING)
+    points = indexed.points
+    assert points is not None
+    # Damage the compressed data of a span in the middle, ahead of the reader. Inside a
+    # member there is no CRC to check, and random bytes may inflate to garbage for a while;
+    # a run of one bits is refused by zlib at once.
+    span = len(points) // 2
+    damage_at = (points.compressed[span] + points.compressed[span + 1]) // 2
+    with open(ref.path, "r+b") as damaged:
+        damaged.seek(damage_at)
+        damaged.write(b"\xff" * 4096)
+    first_bad_block = points.uncompressed[span] // BLOCK
+    first_good_after = points.uncompressed[span + 2]
+    reader = gzip_reader(indexed)
+    caplog.set_level(logging.DEBUG, logger="ocifs.layerio")
+    size = 128 << 10
+    try:
+        offset = 0
+        while offset + size <= first_bad_block * BLOCK:  # readahead ran into the damage
+            assert reader.pread(offset, size) == tar[offset : offset + size]
+            offset += size
+        assert reader.jobs_started
+        with pytest.raises(DamagedLayer):
+            while offset < first_good_after:
+                reader.pread(offset, size)
+                offset += size
+        # The jobs past the damage started at seek points of their own: their blocks, and
+        # the rest of the layer, read fine.
+        rest = tar[first_good_after:]
+        assert read_in_order(reader, first_good_after, len(tar), size) == rest
+        assert reader.pread(0, 4096) == tar[:4096]
+    finally:
+        reader.close()
+    assert "readahead of" in caplog.text  # a job met the damage first, and said nothing
+    assert not inflate_threads()
+
+
+def test_readahead_stays_within_the_cache_bound(
+    spans_layer: tuple[IndexedLayer, bytes],
+) -> None:
+    """A small cache gets a short readahead: blocks are never inflated so far ahead that
+    they are evicted before they are read, and the cache never grows past its limit."""
+    indexed, tar = spans_layer
+    cache = BlockCache(16 * BLOCK)
+    sizes: list[int] = []
+    ahead: list[int] = []
+    position = [0]
+    put = cache.put
+
+    def checking_put(key: tuple[int, int], block: bytes) -> None:
+        put(key, block)
+        sizes.append(cache.size)
+        if threading.current_thread().name.startswith("ocifs-inflate"):
+            ahead.append(key[1] * BLOCK - position[0] // BLOCK * BLOCK)
+
+    cache.put = checking_put  # type: ignore[method-assign]
+    reader = gzip_reader(indexed, cache)
+    try:
+        assert reader.ahead == cache.limit // 4 < READAHEAD_BYTES
+
+        def at(offset: int) -> None:
+            position[0] = offset
+
+        assert read_in_order(reader, 0, len(tar), 128 << 10, outstanding=1, before=at) == tar
+    finally:
+        reader.close()
+    assert reader.jobs_started and ahead
+    assert max(sizes) <= cache.limit
+    assert max(ahead) < reader.ahead
+    assert len(sizes) == -(-len(tar) // BLOCK)  # so nothing was inflated twice either
+
+
+def test_a_cache_too_small_for_readahead_gets_none(
+    spans_layer: tuple[IndexedLayer, bytes],
+) -> None:
+    indexed, tar = spans_layer
+    reader = gzip_reader(indexed, BlockCache(4 * BLOCK))
+    try:
+        assert read_in_order(reader, 0, len(tar), 128 << 10) == tar
+        assert reader.jobs_started == 0
+    finally:
+        reader.close()
+
+
+def test_stretches_that_do_not_compress_are_left_to_the_reads(
+    spans_layer: tuple[IndexedLayer, bytes],
+) -> None:
+    """Inflating stored deflate blocks is a copy: a thread would save nothing, so random
+    data gets no readahead; the read goes on with the cursor the last job parked."""
+    indexed, tar = spans_layer
+    cache = BlockCache()
+    cache.pool = InflatePool(1, cache.limit // 4)
+    reader = gzip_reader(indexed, cache)
+    middle = next(e for e in indexed.entries if e.path == b"middle")  # os.urandom
+    start, end = middle.data_offset, middle.data_offset + middle.size
+    try:
+        assert read_in_order(reader, start, end, 128 << 10) == tar[start:end]
+        assert reader.jobs_started == 0
+        # Into it from compressible text: jobs up to the random data, then the reads.
+        assert read_in_order(reader, 0, end, 128 << 10) == tar[:end]
+        assert 0 < reader.jobs_started < (start + (2 << 20)) // (2 * SPACING)
+    finally:
+        reader.close()
