@@ -196,12 +196,14 @@ def mount(args: argparse.Namespace) -> int:
     if not mountpoint.is_dir():
         raise OcifsError(f"mountpoint {mountpoint} is not a directory")
     options = mount_options(args.image, args.options)  # a bad option fails before indexing
+    target = os.path.realpath(mountpoint)
     image = open_image(args, LoadReport())
 
     release_free_memory()
     with libfuse_messages() as messages:
         try:
-            pyfuse3.init(ImageOperations(image), str(mountpoint), options)
+            operations = ImageOperations(image, lambda: widen_readahead(target))
+            pyfuse3.init(operations, str(mountpoint), options)
         except Exception as error:  # libfuse reports failures as RuntimeError or OSError
             failure: Exception | None = error
         else:
@@ -218,6 +220,34 @@ def mount(args: argparse.Namespace) -> int:
         daemonize()
     serve(image)
     return 0
+
+
+READAHEAD_KIB = 1024
+
+
+def widen_readahead(target: str) -> None:
+    """Let the kernel read ahead 1 MiB on this mount instead of its default 128 KiB.
+
+    The image never changes and a gzip layer is inflated a span at a time, so bigger and
+    fewer read requests keep the inflating threads busy: about +25% for a cold sequential
+    read. Only root may write the mount's readahead setting; others keep the default. The
+    kernel sets it from the INIT reply, so this runs when the first file is opened.
+    """
+    # The device number comes from mountinfo, for the mount point resolved before mounting:
+    # a stat (or realpath) of it now would wait for this very process, not serving yet.
+    device = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if unescape_mount_path(fields[4]) == target:
+                device = fields[2]  # major:minor; the last match is the newest mount
+    if device is None:
+        logger.info("kernel readahead left as it is: %s not in mountinfo", target)
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{READAHEAD_KIB}\n")
+    except OSError as error:
+        logger.info("kernel readahead left as it is: %s", error.strerror or error)
 
 
 def release_free_memory() -> None:

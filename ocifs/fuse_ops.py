@@ -63,10 +63,12 @@ class ImageOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, image: Image) -> None:
+    def __init__(self, image: Image, before_first_read: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.image = image
         self.tree = image.tree
+        # Mount tuning that must wait until the kernel has taken the INIT reply (see cli).
+        self.before_first_read = before_first_read
 
     def _inode(self, inode: int) -> Inode:
         try:
@@ -167,6 +169,9 @@ class ImageOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if not stat.S_ISREG(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+        if self.before_first_read is not None:
+            hook, self.before_first_read = self.before_first_read, None
+            await trio.to_thread.run_sync(hook)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @handler

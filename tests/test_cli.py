@@ -188,3 +188,14 @@ def test_o_max_read_is_refused_before_anything_is_mounted(layout: Path, tmp_path
     assert result.returncode == 1
     assert result.stderr == "ocifs: error: -o max_read=1048576 is not supported by ocifs\n"
     assert not is_mounted(tmp_path)
+
+
+def test_readahead_is_widened_once_a_file_is_opened(layout: Path, tmp_path: Path) -> None:
+    """The kernel sets a mount's readahead from the INIT reply (128 KiB); as root, ocifs
+    raises it to 1 MiB when the first file is opened, for bigger, fewer sequential reads."""
+    with mounted(f"{layout}:v1", tmp_path / "mnt") as mnt:
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+        device = next(f[2] for f in map(str.split, mountinfo) if f[4] == str(mnt))
+        setting = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+        assert (mnt / "hello").read_bytes() == b"hello\n"
+        assert setting.read_text().strip() == "1024"
