@@ -31,7 +31,7 @@ from .errors import OcifsError
 from .fuse_ops import ImageOperations
 from .image import Image, LoadReport, load_image
 from .indexcache import IndexCache, default_cache_dir
-from .layerio import BLOCK_CACHE_BYTES
+from .layerread import BLOCK_CACHE_BYTES
 from .layout import Platform, resolve, split_image_arg
 from .progress import TerminalProgress
 

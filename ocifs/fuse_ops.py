@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from .image import Image
-from .layerio import DamagedLayer
+from .layerread import DamagedLayer
 from .tree import Inode
 
 logger = logging.getLogger(__name__)

@@ -19,16 +19,8 @@ from dataclasses import dataclass, field
 from .errors import LayerError, MergeError
 from .gzseek import DEFAULT_SPACING
 from .indexcache import CachedLayer, CacheMiss, IndexCache
-from .layerio import (
-    BLOCK_CACHE_BYTES,
-    BlockCache,
-    IndexedLayer,
-    LayerReader,
-    Progress,
-    check_supported,
-    index_layer,
-    open_reader,
-)
+from .layerio import IndexedLayer, Progress, index_layer
+from .layerread import BLOCK_CACHE_BYTES, BlockCache, LayerReader, check_supported, open_reader
 from .layout import LayerRef, ResolvedImage
 from .tree import Inode, MergedTree, TreeBuilder
 
@@ -48,7 +40,7 @@ class Image:
     def read(self, node: Inode, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a regular file at ``offset``; short only at end of file.
 
-        Raises layerio.DamagedLayer when the layer's data cannot be read.
+        Raises layerread.DamagedLayer when the layer's data cannot be read.
         """
         end = min(offset + size, node.size)
         if offset >= end:

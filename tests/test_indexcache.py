@@ -17,7 +17,8 @@ from ocifs import indexcache
 from ocifs.errors import LayerError
 from ocifs.image import LoadReport, load_image
 from ocifs.indexcache import CacheMiss, IndexCache, read_file
-from ocifs.layerio import BlockCache, DamagedLayer, index_layer, open_reader
+from ocifs.layerio import index_layer
+from ocifs.layerread import BlockCache, DamagedLayer, open_reader
 from ocifs.layout import LayerRef, ResolvedImage
 from ocifs.ocibuild import OCI_LAYER_GZIP, OCI_LAYER_TAR, sha256_digest
 from ocifs.tarscan import scan_tar

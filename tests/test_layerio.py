@@ -23,18 +23,17 @@ from tarbuild import f, make_tar
 from ocifs.errors import LayerError
 from ocifs.gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints
 from ocifs.image import Image, load_image
-from ocifs.layerio import (
+from ocifs.layerio import IndexedLayer, index_layer
+from ocifs.layerread import (
     BLOCK,
     READAHEAD_BYTES,
     READAHEAD_TRIGGER,
     BlockCache,
     DamagedLayer,
     GzipLayerReader,
-    IndexedLayer,
     InflateJob,
     InflatePool,
     LayerReader,
-    index_layer,
     open_reader,
 )
 from ocifs.layout import LayerRef, ResolvedImage
@@ -622,7 +621,7 @@ def test_damaged_region_ahead_of_a_sequential_reader_fails_only_the_read_that_re
     first_bad_block = points.uncompressed[span] // BLOCK
     first_good_after = points.uncompressed[span + 2]
     reader = gzip_reader(indexed)
-    caplog.set_level(logging.DEBUG, logger="ocifs.layerio")
+    caplog.set_level(logging.DEBUG, logger="ocifs.layerread")
     size = 128 << 10
     try:
         offset = 0
