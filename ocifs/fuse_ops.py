@@ -76,22 +76,32 @@ class ImageOperations(pyfuse3.Operations):
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
-    def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
+    def attributes(self, ino: int) -> pyfuse3.EntryAttributes:
+        """A new EntryAttributes for ``ino``, a number the tree gave out."""
         entry = pyfuse3.EntryAttributes()
-        entry.st_ino = node.ino
         entry.generation = 0
         entry.entry_timeout = CACHE_TIMEOUT
         entry.attr_timeout = CACHE_TIMEOUT
-        entry.st_mode = node.mode
-        entry.st_nlink = node.nlink
-        entry.st_uid = node.uid
-        entry.st_gid = node.gid
-        entry.st_rdev = node.rdev
-        entry.st_size = node.size
         entry.st_blksize = BLOCK_SIZE
-        entry.st_blocks = (stored_bytes(node) + 511) // 512
-        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = node.mtime_ns
+        self.fill_attributes(entry, ino)
         return entry
+
+    def fill_attributes(self, entry: pyfuse3.EntryAttributes, ino: int) -> None:
+        """Set what differs from inode to inode, straight from the tree's columns (readdir
+        reuses one EntryAttributes for a whole reply: readdir_reply copies it at once)."""
+        tree = self.tree
+        size = tree.size[ino]
+        sparse = tree.sparse.get(ino)
+        stored = size if sparse is None else sum(length for _, length in sparse)
+        entry.st_ino = ino
+        entry.st_mode = tree.mode[ino]
+        entry.st_nlink = tree.nlink[ino]
+        entry.st_uid = tree.uid[ino]
+        entry.st_gid = tree.gid[ino]
+        entry.st_rdev = tree.rdev[ino]
+        entry.st_size = size
+        entry.st_blocks = (stored + 511) // 512  # holes of sparse files take none, as du expects
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = tree.mtime_ns[ino]
 
     @handler
     async def lookup(
@@ -100,7 +110,7 @@ class ImageOperations(pyfuse3.Operations):
         found = self.tree.lookup(parent_inode, name)
         if found is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.attributes(self.tree.inode(found))
+        return self.attributes(found)
 
     @handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -108,7 +118,9 @@ class ImageOperations(pyfuse3.Operations):
 
     @handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.attributes(self._inode(inode))
+        if not 0 < inode <= len(self.tree):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(inode)
 
     @handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -126,36 +138,14 @@ class ImageOperations(pyfuse3.Operations):
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # Offsets: 0 is ".", 1 is "..", 2 + i is the i-th child; next_id is the one after.
-        # The hot loop of `find` and `ls -R`: attributes come straight from the tree's columns
-        # into one EntryAttributes, which readdir_reply copies into the reply at once.
+        # The hot loop of `find` and `ls -R`: one EntryAttributes serves the whole reply.
         tree = self.tree
         specials = [(b".", fh), (b"..", tree.parent_of(fh))][start_id:]
         entries = itertools.chain(specials, tree.children(fh, max(start_id - 2, 0)))
-        entry = self.attributes(tree.root)
-        mode, nlink, uid, gid, rdev, size, mtime = (
-            tree.mode,
-            tree.nlink,
-            tree.uid,
-            tree.gid,
-            tree.rdev,
-            tree.size,
-            tree.mtime_ns,
-        )
-        sparse = tree.sparse
-        reply = pyfuse3.readdir_reply
+        entry = self.attributes(fh)
         for next_id, (name, ino) in enumerate(entries, start=start_id + 1):
-            entry.st_ino = ino
-            entry.st_mode = mode[ino]
-            entry.st_nlink = nlink[ino]
-            entry.st_uid = uid[ino]
-            entry.st_gid = gid[ino]
-            entry.st_rdev = rdev[ino]
-            entry.st_size = size[ino]
-            entry.st_blocks = (
-                (size[ino] + 511) // 512 if ino not in sparse else sparse_blocks(sparse[ino])
-            )
-            entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = mtime[ino]
-            if not reply(token, name, entry, next_id):
+            self.fill_attributes(entry, ino)
+            if not pyfuse3.readdir_reply(token, name, entry, next_id):
                 break
 
     @handler
@@ -216,14 +206,3 @@ class ImageOperations(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
     write = create = setxattr = removexattr = _read_only
-
-
-def stored_bytes(node: Inode) -> int:
-    """Bytes a file occupies: holes of sparse files take none, as du expects."""
-    if node.sparse is not None:
-        return sum(length for _, length in node.sparse)
-    return node.size
-
-
-def sparse_blocks(segments: tuple[tuple[int, int], ...]) -> int:
-    return (sum(length for _, length in segments) + 511) // 512
