@@ -36,23 +36,6 @@ def new_hash(digest: str) -> Any:
     return hashlib.new(digest.split(":", 1)[0])
 
 
-class HashingStream:
-    """Feeds every byte read through it to some hashes, and reports progress."""
-
-    def __init__(self, source: Any, hashers: list[Any], progress: Progress | None) -> None:
-        self.source = source
-        self.hashers = hashers
-        self.progress = progress
-
-    def read(self, size: int) -> bytes:
-        data: bytes = self.source.read(size)
-        for hasher in self.hashers:
-            hasher.update(data)
-        if self.progress is not None:
-            self.progress(len(data))
-        return data
-
-
 def verify_hash(what: str, expected: str, hasher: Any) -> None:
     actual = f"{expected.split(':', 1)[0]}:{hasher.hexdigest()}"
     if actual != expected:
@@ -175,26 +158,33 @@ def _index(
 ) -> IndexedLayer:
     diff_hasher = new_hash(layer.diff_id) if verify else None
     name = f"read-layer-{layer.index}"
+
+    def advance(chunk: bytes) -> None:
+        if progress is not None:
+            progress(len(chunk))
+
     if layer.compression == "none":
         # The blob is the tar stream: the layer digest and the diff_id hash the same bytes,
         # so one hash serves both when they name the same algorithm.
-        blob_hasher = new_hash(layer.digest) if verify else None
         same_algorithm = layer.digest.split(":")[0] == layer.diff_id.split(":")[0]
-        hashers = [diff_hasher] if same_algorithm else [diff_hasher, blob_hasher]
-        counter = HashingStream(blob, [], progress)
-        with ReadAhead(counter.read, name, [h for h in hashers if h]) as stream:
+        blob_hasher = new_hash(layer.digest) if verify and not same_algorithm else None
+        hashers = [hasher for hasher in (diff_hasher, blob_hasher) if hasher is not None]
+
+        def read(size: int) -> bytes:
+            chunk = blob.read(size)
+            advance(chunk)
+            return chunk
+
+        with ReadAhead(read, name, hashers) as stream:
             entries = list(scan_tar(stream))
             stream.drain()
         if diff_hasher is not None:
-            verify_hash(
-                "layer digest", layer.digest, diff_hasher.copy() if same_algorithm else blob_hasher
-            )
+            verify_hash("layer digest", layer.digest, blob_hasher or diff_hasher)
             verify_hash("diff_id", layer.diff_id, diff_hasher)
         return IndexedLayer(layer, entries, None, blob.tell(), verify)
 
     # Three threads: this one scans, one inflates, one hashes the compressed blob.
     blob_digest = BlobHash(layer) if verify else None
-    advance = None if progress is None else (lambda chunk: progress(len(chunk)))
     indexer = GzipIndexer(blob, spacing, advance)
     try:
         with ReadAhead(indexer.read, name, [diff_hasher] if diff_hasher else []) as stream:
