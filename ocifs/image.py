@@ -222,9 +222,8 @@ def index_layers(
                 for layer, future in zip(missing, futures, strict=True):
                     results[layer.index] = future.result()
                     report.indexed.append(layer)
-            except (
-                BaseException
-            ):  # a bad layer, or Ctrl-C: the other layers stop at their next read
+            except BaseException:
+                # A bad layer, or Ctrl-C: the other layers stop at their next read.
                 stop.set()
                 for future in futures:
                     future.cancel()
