@@ -33,6 +33,7 @@ from .image import Image, LoadReport, load_image
 from .indexcache import IndexCache, default_cache_dir
 from .layerread import BLOCK_CACHE_BYTES
 from .layout import Platform, resolve, split_image_arg
+from .mountinfo import unescape_mount_path
 from .progress import TerminalProgress
 
 logger = logging.getLogger("ocifs")
@@ -365,10 +366,3 @@ def umount(mountpoint: Path) -> int:
         message = result.stderr.strip().splitlines()[-1:] or ["fusermount3 failed"]
         raise OcifsError(f"cannot unmount {mountpoint}: {message[0]}")
     return 0
-
-
-def unescape_mount_path(field: str) -> str:
-    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
-    for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(escaped, plain)
-    return field
