@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from .errors import LayerError, MergeError
 from .gzseek import DEFAULT_SPACING
-from .indexcache import CachedLayer, CacheMiss, IndexCache
-from .layerio import IndexedLayer, Progress, index_layer
-from .layerread import BLOCK_CACHE_BYTES, BlockCache, LayerReader, check_supported, open_reader
+from .indexcache import CacheMiss, IndexCache
+from .layerindex import LayerIndex, Progress, index_layer
+from .layerread import BLOCK_CACHE_BYTES, BlockCache, LayerReader, open_reader
 from .layout import LayerRef, ResolvedImage
 from .tree import Inode, MergedTree, TreeBuilder
 
@@ -64,22 +64,6 @@ class Image:
             reader.close()
 
 
-class IndexingStopped(Exception):
-    """Raised inside an indexing thread once the mount has been given up."""
-
-
-def stoppable(progress: Progress | None, stop: threading.Event) -> Progress:
-    """A progress callback that also ends the indexing once ``stop`` is set."""
-
-    def advance(count: int) -> None:
-        if stop.is_set():
-            raise IndexingStopped
-        if progress is not None:
-            progress(count)
-
-    return advance
-
-
 @dataclass
 class LoadReport:
     """Where each part of the image came from, for ``ocifs index`` and the log."""
@@ -98,49 +82,38 @@ def load_image(
     block_cache_bytes: int = BLOCK_CACHE_BYTES,
     spacing: int = DEFAULT_SPACING,
     report: LoadReport | None = None,
+    cancel: threading.Event | None = None,
 ) -> Image:
     """Index every layer (or take its index from the cache) and merge them.
 
-    Raises OcifsError (one line) on bad input. With a cache, a layer whose index file is
-    usable is not read at all; an index built without verification is not used by a mount
-    that verifies. When every layer is cached and so is their merged tree, nothing is merged.
+    Raises OcifsError (one line) on bad input, IndexingCancelled once ``cancel`` is set.
+    The first question is whether the cache holds the merged tree of these layers: then only
+    the layers' seek points are loaded (each cache file read once, without its entries) and
+    nothing is merged. Otherwise each layer's index is loaded with its entries or built from
+    the blob, and the layers are merged. An index built without verification is not used by
+    a load that verifies.
     """
     layers = resolved.layers
-    for layer in layers:
-        check_supported(layer)
     report = report if report is not None else LoadReport()
-    cached: dict[int, CachedLayer] = {}
-    if cache is not None:
-        for layer in layers:
-            found = cached_layer(cache, layer, verify, with_entries=False)
-            if found is not None:
-                cached[layer.index] = found
-    tree: MergedTree | None = None
-    if cache is not None and len(cached) == len(layers):
-        try:
-            tree = cache.load_tree(layers)
+    indexes = None
+    tree = cached_tree(cache, layers)
+    if tree is not None:
+        assert cache is not None
+        indexes = cached_indexes(cache, layers, verify)
+        if indexes is not None:
+            report.from_cache.extend(layers)
             report.tree_from_cache = True
-        except CacheMiss as reason:
-            logger.info("merging again: %s", reason)
-    if tree is None:
-        indexed = index_layers(layers, cached, verify, progress, jobs, cache, spacing, report)
-        tree = merge(indexed)
-        cached = {
-            layer.layer.index: CachedLayer(
-                layer.verified, layer.uncompressed_size, None, layer.points
-            )
-            for layer in indexed
-        }
+    if tree is None or indexes is None:
+        indexes = index_layers(layers, verify, progress, jobs, cache, spacing, report, cancel)
+        tree = merge(layers, indexes)  # drops each layer's entries once applied
         if cache is not None:
             cache.store_tree(layers, tree)
-    else:
-        report.from_cache.extend(layers)
     logger.info("%d layers, %d inodes", len(layers), len(tree))
     blocks = BlockCache(block_cache_bytes)  # one bound on decompressed data, for all layers
     readers: list[LayerReader] = []
     try:
-        for layer in layers:
-            readers.append(open_reader(layer, cached[layer.index].points, blocks))
+        for layer, index in zip(layers, indexes, strict=True):
+            readers.append(open_reader(layer, index.points, blocks))
     except BaseException:
         for reader in readers:
             reader.close()
@@ -148,95 +121,85 @@ def load_image(
     return Image(resolved, tree, readers)
 
 
-def cached_layer(
-    cache: IndexCache, layer: LayerRef, verify: bool, with_entries: bool
-) -> CachedLayer | None:
+def cached_tree(cache: IndexCache | None, layers: Sequence[LayerRef]) -> MergedTree | None:
+    if cache is None:
+        return None
     try:
-        found = cache.load_layer(layer, with_entries)
+        return cache.load_tree(layers)
     except CacheMiss as reason:
-        logger.info("indexing %s: %s", layer.describe(), reason)
+        logger.info("merging: %s", reason)
         return None
-    if verify and not found.verified:
-        logger.info(
-            "indexing %s: its cached index was built without verification", layer.describe()
-        )
-        return None
-    if layer.compression == "gzip" and found.points is None:
-        logger.info("indexing %s: its cached index has no seek points", layer.describe())
-        return None
-    return found
+
+
+def cached_indexes(
+    cache: IndexCache, layers: Sequence[LayerRef], verify: bool
+) -> list[LayerIndex] | None:
+    """Every layer's index without its entries, or None if the cache lacks one of them."""
+    indexes = []
+    for layer in layers:
+        found = cache.load_layer(layer, verify, with_entries=False)
+        if found is None:
+            return None
+        indexes.append(found)
+    return indexes
 
 
 def index_layers(
     layers: Sequence[LayerRef],
-    cached: dict[int, CachedLayer],
     verify: bool,
     progress: ProgressFactory | None,
     jobs: int | None,
     cache: IndexCache | None,
     spacing: int,
     report: LoadReport,
-) -> list[IndexedLayer]:
-    """Every layer's entries: from the cache where it has them, else by indexing the blob
-    (in parallel: layers are independent). The fresh indexes are stored in the cache."""
-    results: dict[int, IndexedLayer] = {}
+    cancel: threading.Event | None,
+) -> list[LayerIndex]:
+    """Every layer's index with its entries: from the cache where it has them, else built
+    from the blob (in parallel: layers are independent) and stored in the cache."""
+    results: dict[int, LayerIndex] = {}
     missing = []
     for layer in layers:
-        found = (
-            cached_layer(cache, layer, verify, with_entries=True)
-            if cache is not None and layer.index in cached
-            else None
-        )
-        if found is not None and found.entries is not None:
-            results[layer.index] = IndexedLayer(
-                layer, found.entries, found.points, found.uncompressed_size, found.verified
-            )
+        found = cache.load_layer(layer, verify, with_entries=True) if cache is not None else None
+        if found is not None:
+            results[layer.position] = found
             report.from_cache.append(layer)
         else:
             missing.append(layer)
     if missing:
+        cancel = cancel if cancel is not None else threading.Event()
         workers = max(1, min(len(missing), jobs or os.cpu_count() or 1))
-        stop = threading.Event()
 
-        def index_and_store(layer: LayerRef, advance: Progress) -> IndexedLayer:
-            indexed = index_layer(layer, verify, advance, spacing)
-            if cache is not None and cache.store_layer(
-                layer, verify, indexed.uncompressed_size, indexed.entries, indexed.points
-            ):
-                # Serve the seek-point windows from the file just written, not from memory.
-                stored = cached_layer(cache, layer, verify, with_entries=False)
-                if stored is not None and stored.points is not None:
-                    indexed.points = stored.points
-            return indexed
+        def index_and_store(layer: LayerRef) -> LayerIndex:
+            advance = progress(layer) if progress is not None else None
+            index = index_layer(layer, verify, advance, spacing, cancel)
+            return cache.store_layer(layer, index) if cache is not None else index
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="index") as pool:
-            futures = [
-                pool.submit(
-                    index_and_store,
-                    layer,
-                    stoppable(progress(layer) if progress else None, stop),
-                )
-                for layer in missing
-            ]
+            futures = [pool.submit(index_and_store, layer) for layer in missing]
             try:
                 for layer, future in zip(missing, futures, strict=True):
-                    results[layer.index] = future.result()
+                    results[layer.position] = future.result()
                     report.indexed.append(layer)
             except BaseException:
                 # A bad layer, or Ctrl-C: the other layers stop at their next read.
-                stop.set()
+                cancel.set()
                 for future in futures:
                     future.cancel()
                 raise
-    return [results[layer.index] for layer in layers]
+    return [results[layer.position] for layer in layers]
 
 
-def merge(indexed: list[IndexedLayer]) -> MergedTree:
+def merge(layers: Sequence[LayerRef], indexes: list[LayerIndex]) -> MergedTree:
+    """Replay the layers in order into one tree. Each entry of ``indexes`` is replaced by
+    the same index without its entries once applied, so they are freed as the merge goes."""
     builder = TreeBuilder()
-    for layer in indexed:
+    for number, layer in enumerate(layers):
+        entries = indexes[number].entries
+        assert entries is not None, "a layer is merged from its entries"
         try:
-            builder.apply_layer(layer.layer.index, layer.entries)
+            builder.apply_layer(layer.position, entries)
         except MergeError as error:
-            raise LayerError(f"{layer.layer.describe()}: {error}") from error
-        layer.entries = []  # the tree holds what it needs; let the entry list go
+            raise LayerError(f"{layer.describe()}: {error}") from error
+        del entries
+        indexes[number] = indexes[number].without_entries()
     return builder.freeze()

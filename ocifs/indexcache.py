@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,12 +29,12 @@ import struct
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import tarscan
 from .gzseek import SeekPoints
+from .layerindex import LayerIndex
 from .layout import LayerRef
 from .tarscan import TarEntry
 from .tree import MergedTree
@@ -68,16 +69,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "ocifs"
 
 
-@dataclass
-class CachedLayer:
-    """What the cache holds for one layer. ``entries`` is None when they were not asked for."""
-
-    verified: bool
-    uncompressed_size: int
-    entries: list[TarEntry] | None
-    points: SeekPoints | None
-
-
 class IndexCache:
     """The cache directory. Failing to write is logged and otherwise ignored: it is a cache."""
 
@@ -91,7 +82,27 @@ class IndexCache:
     def tree_path(self, layers: Iterable[LayerRef]) -> Path:
         return self.root / "trees" / tree_key(layers)
 
-    def load_layer(self, layer: LayerRef, with_entries: bool) -> CachedLayer:
+    def load_layer(self, layer: LayerRef, verify: bool, with_entries: bool) -> LayerIndex | None:
+        """The layer's index if the cache has a usable one (else None, and the log says why):
+        one that describes this blob, was verified if ``verify``, and has what its
+        compression's readers need. ``with_entries=False`` leaves the entries on disk."""
+        try:
+            found = self.read_layer(layer, with_entries)
+        except CacheMiss as reason:
+            logger.info("indexing %s: %s", layer.describe(), reason)
+            return None
+        if verify and not found.verified:
+            logger.info(
+                "indexing %s: its cached index was built without verification", layer.describe()
+            )
+            return None
+        if layer.compression.seekable_by_points and found.points is None:
+            logger.info("indexing %s: its cached index has no seek points", layer.describe())
+            return None
+        return found
+
+    def read_layer(self, layer: LayerRef, with_entries: bool) -> LayerIndex:
+        """The layer's index as the cache holds it; CacheMiss if it has none for this blob."""
         path = self.layer_path(layer.digest)
         wanted = None if with_entries else {"points"}
         meta, sections = read_file(path, "layer", wanted, lazy=frozenset({"points.windows"}))
@@ -104,39 +115,41 @@ class IndexCache:
         try:
             points = decode_points(meta["points"], sections) if meta.get("points") else None
             entries = decode_entries(meta["entries"], sections) if with_entries else None
-            return CachedLayer(
-                bool(meta["verified"]), int(meta["uncompressed_size"]), entries, points
+            return LayerIndex(
+                entries, points, int(meta["uncompressed_size"]), bool(meta["verified"])
             )
         except (KeyError, TypeError, ValueError) as error:
             raise CacheMiss(f"{path} is damaged: {error}") from error
 
-    def store_layer(
-        self,
-        layer: LayerRef,
-        verified: bool,
-        uncompressed_size: int,
-        entries: list[TarEntry],
-        points: SeekPoints | None,
-    ) -> bool:
-        """Store a layer's index; False if it could not be written (logged)."""
+    def store_layer(self, layer: LayerRef, index: LayerIndex) -> LayerIndex:
+        """Store a layer's index (with its entries). Returns the index to serve from: the
+        same, but with the seek-point windows read from the file just written rather than
+        held in memory; or ``index`` itself if it could not be written (logged)."""
+        assert index.entries is not None, "an index is stored with its entries"
         try:
-            entry_meta, sections = encode_entries(entries)
+            entry_meta, sections = encode_entries(index.entries)
         except (OverflowError, ValueError) as error:  # numbers no column can hold: merge refuses
             logger.info("not caching the index of %s: %s", layer.describe(), error)
-            return False
+            return index
         meta: dict[str, Any] = {
             "digest": layer.digest,
             "blob_size": layer.size,
-            "compression": layer.compression,
-            "verified": verified,
+            "compression": str(layer.compression),
+            "verified": index.verified,
             "sample": blob_sample(layer),
-            "uncompressed_size": uncompressed_size,
+            "uncompressed_size": index.uncompressed_size,
             "entries": entry_meta,
             "points": None,
         }
-        if points is not None:
-            meta["points"] = encode_points(points, sections)
-        return self._write(self.layer_path(layer.digest), "layer", meta, sections)
+        if index.points is not None:
+            meta["points"] = encode_points(index.points, sections)
+        path = self.layer_path(layer.digest)
+        placed = self._write(path, "layer", meta, sections)
+        if placed is None or index.points is None:
+            return index
+        start, length = placed["points.windows"]
+        windows = FileSection(path, start, length)
+        return dataclasses.replace(index, points=dataclasses.replace(index.points, windows=windows))
 
     def load_tree(self, layers: Sequence[LayerRef]) -> MergedTree:
         path = self.tree_path(layers)
@@ -155,13 +168,13 @@ class IndexCache:
 
     def _write(
         self, path: Path, kind: str, meta: dict[str, Any], sections: dict[str, bytes]
-    ) -> bool:
+    ) -> dict[str, tuple[int, int]] | None:
+        """Where each section was written; None if the file could not be (logged)."""
         try:
-            write_file(path, kind, meta, sections)
+            return write_file(path, kind, meta, sections)
         except OSError as error:
             logger.warning("cannot write the index cache %s: %s", path, error.strerror or error)
-            return False
-        return True
+            return None
 
 
 def blob_sample(layer: LayerRef) -> str:
@@ -191,12 +204,17 @@ def tree_key(layers: Iterable[LayerRef]) -> str:
 # ---- the file format ----
 
 
-def write_file(path: Path, kind: str, meta: dict[str, Any], sections: dict[str, bytes]) -> None:
-    """Write atomically: a temporary file in the same directory, flushed, then renamed."""
-    table = []
+def write_file(
+    path: Path, kind: str, meta: dict[str, Any], sections: dict[str, bytes]
+) -> dict[str, tuple[int, int]]:
+    """Write atomically: a temporary file in the same directory, flushed, then renamed.
+    Returns each section's (offset in the file, length)."""
+    table: list[tuple[str, int, int, str]] = []
+    placed: dict[str, tuple[int, int]] = {}
     offset = 0
     for name, data in sections.items():
-        table.append([name, offset, len(data), hashlib.sha256(data).hexdigest()])
+        table.append((name, offset, len(data), hashlib.sha256(data).hexdigest()))
+        placed[name] = (offset, len(data))
         offset += len(data)
     header = json.dumps(
         {"kind": kind, "byteorder": sys.byteorder, "meta": meta, "sections": table},
@@ -219,6 +237,8 @@ def write_file(path: Path, kind: str, meta: dict[str, Any], sections: dict[str, 
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    base = PREAMBLE.size + len(header)
+    return {name: (base + start, length) for name, (start, length) in placed.items()}
 
 
 def read_file(

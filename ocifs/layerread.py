@@ -24,6 +24,7 @@ from typing import Protocol
 from .errors import CompressionError, LayerError
 from .gzseek import GzipCursor, SeekPoints
 from .layout import LayerRef
+from .mediatypes import Compression
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class GzipLayerReader:
         return b"".join(pieces)
 
     def block(self, number: int) -> bytes:
-        key = (self.layer.index, number)
+        key = (self.layer.position, number)
         data = self.cache.get(key)
         if data is not None:
             return data
@@ -190,7 +191,7 @@ class GzipLayerReader:
                     cursor.skip(ahead)
                 else:
                     passed = cursor.position // BLOCK
-                    self.cache.put((self.layer.index, passed), cursor.read(BLOCK))
+                    self.cache.put((self.layer.position, passed), cursor.read(BLOCK))
             data = cursor.read(length)
         except (CompressionError, OSError) as error:
             self._drop(cursor)
@@ -198,7 +199,7 @@ class GzipLayerReader:
         if len(data) != length:
             self._drop(cursor)
             raise DamagedLayer(f"{self.layer.describe()}: stream ends before {start + length}")
-        self.cache.put((self.layer.index, number), data)
+        self.cache.put((self.layer.position, number), data)
         return data
 
     def _cursor_before(self, offset: int) -> GzipCursor:
@@ -301,7 +302,9 @@ class GzipLayerReader:
         claimed; None when there are none. Called under ``self.state``."""
         claims: dict[int, threading.Event] = {}
         for number in range(-(-start // BLOCK), -(-end // BLOCK)):
-            if number not in self.pending and not self.cache.contains((self.layer.index, number)):
+            if number not in self.pending and not self.cache.contains(
+                (self.layer.position, number)
+            ):
                 claims[number] = self.pending[number] = threading.Event()
         if not claims:
             return None
@@ -323,7 +326,7 @@ class GzipLayerReader:
         return job
 
     def _deliver(self, job: InflateJob, number: int, data: bytes) -> None:
-        self.cache.put((self.layer.index, number), data)
+        self.cache.put((self.layer.position, number), data)
         with self.state:
             event = job.claims.pop(number)
             if self.pending.get(number) is event:
@@ -692,20 +695,12 @@ def name_os_thread(name: str) -> None:
         prctl(PR_SET_NAME, name.encode()[:15])
 
 
-def check_supported(layer: LayerRef) -> None:
-    if layer.compression not in ("none", "gzip"):
-        raise LayerError(
-            f"{layer.describe()}: {layer.compression} layers ({layer.media_type}) are not supported"
-        )
-
-
 def open_reader(
     layer: LayerRef, points: SeekPoints | None, cache: BlockCache
 ) -> TarLayerReader | GzipLayerReader:
     """A reader for an indexed layer; raises LayerError if its blob cannot be opened."""
-    check_supported(layer)
     try:
-        if layer.compression == "gzip":
+        if layer.compression is Compression.GZIP:
             if points is None:
                 raise LayerError(f"{layer.describe()}: gzip layer without seek points")
             return GzipLayerReader(layer, points, cache)

@@ -30,7 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ocifs.errors import LayoutError
+from .errors import LayoutError
+from .mediatypes import (
+    CONFIG_TYPES,
+    DOCKER_SCHEMA1,
+    ENCRYPTED_SUFFIX,
+    INDEX_TYPES,
+    LAYER_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_LAYOUT_VERSION,
+    OCI_MANIFEST,
+    REF_NAME,
+    Compression,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,39 +51,7 @@ MAX_DOCUMENT_SIZE = 4 * 1024 * 1024  # index.json, indexes, manifests, configs (
 MAX_INDEX_DEPTH = 8  # nested indexes below index.json (R5)
 MAX_LISTED = 20  # refs / platforms named in one error message
 
-REF_NAME = "org.opencontainers.image.ref.name"
 REFERENCE_TYPE = "vnd.docker.reference.type"
-
-OCI_LAYOUT_VERSION = "1.0.0"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1 = frozenset(
-    {
-        "application/vnd.docker.distribution.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    }
-)
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
-
-# Layer media type -> compression (R7).
-LAYER_TYPES: dict[str, str] = {
-    "application/vnd.oci.image.layer.v1.tar": "none",
-    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
-    "application/vnd.docker.image.rootfs.diff.tar": "none",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
-}
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 
@@ -100,17 +81,17 @@ DEFAULT_VARIANT: dict[str, str] = {"arm64": "v8", "arm": "v7"}
 class LayerRef:
     """A layer of the resolved image, checked for media type and presence, not yet indexed."""
 
-    index: int  # position in manifest.layers, 0 = lowest
+    position: int  # in manifest.layers, 0 = lowest
     digest: str  # "sha256:<hex>" (or sha512), grammar-checked
     size: int  # descriptor size; the blob's size on disk was checked against it
     media_type: str
-    compression: str  # "none", "gzip" or "zstd"
+    compression: Compression  # a supported one: resolve refuses the others
     diff_id: str  # from config.rootfs.diff_ids[index], grammar-checked
     path: Path  # the blob file inside the layout
 
     def describe(self) -> str:
         """How error messages name the layer: 'layer 2 (sha256:abcd...)'."""
-        return f"layer {self.index} ({self.digest})"
+        return f"layer {self.position} ({self.digest})"
 
 
 @dataclass(frozen=True)
@@ -590,11 +571,13 @@ def _check_layers(
         name = f"{layout}: layer {i} ({desc.digest})"
         if desc.media_type is None:
             _fail(f"{name}: no mediaType")
-        if desc.media_type.endswith("+encrypted"):
+        if desc.media_type.endswith(ENCRYPTED_SUFFIX):
             _fail(f"{name}: encrypted layers are unsupported (mediaType {desc.media_type!r})")
         compression = LAYER_TYPES.get(desc.media_type)
         if compression is None:
             _fail(f"{name}: unsupported layer mediaType {desc.media_type!r}")
+        if not compression.supported:  # the one place support is decided (R7)
+            _fail(f"{name}: {compression} layers ({desc.media_type}) are not supported")
         path = _stat_blob(layout, desc, name)
         layers.append(
             LayerRef(i, desc.digest, desc.size, desc.media_type, compression, diff_ids[i], path)

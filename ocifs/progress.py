@@ -35,7 +35,7 @@ class LayerLine:
             )
         digest = self.layer.digest.split(":", 1)[-1][:12]
         return (
-            f"  layer {self.layer.index + 1} {digest}: {self.done / 1e6:,.0f}"
+            f"  layer {self.layer.position + 1} {digest}: {self.done / 1e6:,.0f}"
             f" of {total / 1e6:,.0f} MB ({100 * self.done / total:.0f}%), {state}"
         )
 
@@ -55,7 +55,7 @@ class TerminalProgress:
         line = LayerLine(layer)
         with self.lock:
             self.lines.append(line)
-            self.lines.sort(key=lambda each: each.layer.index)
+            self.lines.sort(key=lambda each: each.layer.position)
 
         def advance(count: int) -> None:
             with self.lock:

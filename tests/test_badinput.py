@@ -24,19 +24,17 @@ import pytest
 from mounting import OCIFS, dev_fuse_mode, is_mounted, run_ocifs, unmount
 from tarbuild import Member, d, f, link, make_tar
 
-from ocifs.ocibuild import (
+from ocifs.mediatypes import (
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     REF_NAME,
-    gzip_bytes,
-    host_platform,
-    sha256_digest,
 )
+from ocifs.ocibuild import gzip_bytes, host_platform, sha256_digest
 
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 GOOD_TAR = make_tar([d("etc"), f("etc/hostname", b"ocifs\n"), f("hello", b"hi\n")])
 
 

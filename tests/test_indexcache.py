@@ -17,10 +17,11 @@ from ocifs import indexcache
 from ocifs.errors import LayerError
 from ocifs.image import LoadReport, load_image
 from ocifs.indexcache import CacheMiss, IndexCache, read_file
-from ocifs.layerio import index_layer
+from ocifs.layerindex import index_layer
 from ocifs.layerread import BlockCache, DamagedLayer, open_reader
 from ocifs.layout import LayerRef, ResolvedImage
-from ocifs.ocibuild import OCI_LAYER_GZIP, OCI_LAYER_TAR, sha256_digest
+from ocifs.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TAR, Compression
+from ocifs.ocibuild import sha256_digest
 from ocifs.tarscan import scan_tar
 from ocifs.tree import TreeBuilder
 
@@ -50,7 +51,9 @@ def blob_layer(tmp_path: Path, tar: bytes, compression: str, index: int = 0) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     media_type = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
-    return LayerRef(index, digest, len(blob), media_type, compression, sha256_digest(tar), path)
+    return LayerRef(
+        index, digest, len(blob), media_type, Compression(compression), sha256_digest(tar), path
+    )
 
 
 def image_of(layers: list[LayerRef]) -> ResolvedImage:
@@ -80,10 +83,10 @@ def test_layer_index_round_trip_keeps_every_entry_field(tmp_path: Path, compress
     layer = blob_layer(tmp_path, tar, compression)
     indexed = index_layer(layer, spacing=256 << 10)
     cache = IndexCache(tmp_path / "cache")
-    cache.store_layer(layer, True, indexed.uncompressed_size, indexed.entries, indexed.points)
+    cache.store_layer(layer, indexed)
 
-    loaded = cache.load_layer(layer, with_entries=True)
-    assert loaded.verified
+    loaded = cache.load_layer(layer, verify=True, with_entries=True)
+    assert loaded is not None and loaded.verified
     assert loaded.uncompressed_size == len(tar)
     assert loaded.entries == indexed.entries
     assert loaded.entries == list(scan_tar(_Reader(tar)))
@@ -97,8 +100,8 @@ def test_layer_index_round_trip_keeps_every_entry_field(tmp_path: Path, compress
             assert loaded.points.window(n) == indexed.points.window(n)
     else:
         assert loaded.points is None
-    points_only = cache.load_layer(layer, with_entries=False)
-    assert points_only.entries is None
+    points_only = cache.load_layer(layer, verify=True, with_entries=False)
+    assert points_only is not None and points_only.entries is None
 
 
 class _Reader:
@@ -260,10 +263,11 @@ def test_damaged_cache_file_is_ignored_and_rebuilt(
     if case == "other-blob-same-name":
         layer.path.write_bytes(blob[:3] + bytes([blob[3] ^ 1]) + blob[4:])  # gzip FLG byte
     with pytest.raises(CacheMiss):
-        cache.load_layer(layer, with_entries=True)
+        cache.read_layer(layer, with_entries=True)
+    assert cache.load_layer(layer, verify=False, with_entries=True) is None  # logged, not raised
     layer.path.write_bytes(blob)
     if case == "other-blob-same-name":
-        assert cache.load_layer(layer, with_entries=True).entries  # the right blob is back
+        assert cache.read_layer(layer, with_entries=True).entries  # the right blob is back
         return
     if case == "directory":
         path.rmdir()
@@ -271,7 +275,7 @@ def test_damaged_cache_file_is_ignored_and_rebuilt(
     with caplog.at_level(logging.INFO, logger="ocifs"):
         report = load(resolved, cache)
     assert layer in report.indexed
-    assert cache.load_layer(layer, with_entries=True).entries  # rebuilt, and good
+    assert cache.read_layer(layer, with_entries=True).entries  # rebuilt, and good
 
 
 def test_a_blob_replaced_under_its_name_is_indexed_again(tmp_path: Path) -> None:
@@ -283,7 +287,7 @@ def test_a_blob_replaced_under_its_name_is_indexed_again(tmp_path: Path) -> None
     original = layer.path.read_bytes()
     layer.path.write_bytes(original[:-8] + b"\0" * 8)  # the gzip trailer is gone
     with pytest.raises(CacheMiss, match="differs from the one indexed"):
-        cache.load_layer(layer, with_entries=False)
+        cache.read_layer(layer, with_entries=False)
     with pytest.raises(LayerError, match=r"mismatch|damaged|truncated"):
         load(resolved, cache)
 
@@ -301,7 +305,7 @@ def test_write_is_atomic_and_leaves_no_temporary_files(
 
     monkeypatch.setattr(indexcache.os, "replace", fail)
     indexed = index_layer(resolved.layers[0])
-    cache.store_layer(resolved.layers[0], True, 0, indexed.entries, indexed.points)  # logged
+    assert cache.store_layer(resolved.layers[0], indexed) is indexed  # not written: logged
     assert path.read_bytes() == before
     leftovers = [p.name for p in cache.root.rglob("*") if p.name.startswith(".tmp-")]
     assert leftovers == []
@@ -344,8 +348,11 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
     layer = blob_layer(tmp_path, tar, "gzip")
     cache = IndexCache(tmp_path / "cache")
     indexed = index_layer(layer, spacing=256 << 10)
-    assert cache.store_layer(layer, True, len(tar), indexed.entries, indexed.points)
-    points = cache.load_layer(layer, with_entries=False).points
+    stored = cache.store_layer(layer, indexed)
+    assert stored.points is not None and isinstance(stored.points.windows, indexcache.FileSection)
+    found = cache.load_layer(layer, verify=True, with_entries=False)
+    assert found is not None
+    points = found.points
     assert points is not None and isinstance(points.windows, indexcache.FileSection)
     entry = indexed.entries[0]
     reader = open_reader(layer, points, BlockCache(1 << 20))

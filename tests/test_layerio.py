@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from tarbuild import f, make_tar
@@ -23,7 +24,7 @@ from tarbuild import f, make_tar
 from ocifs.errors import LayerError
 from ocifs.gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints
 from ocifs.image import Image, load_image
-from ocifs.layerio import IndexedLayer, index_layer
+from ocifs.layerindex import LayerIndex, index_layer
 from ocifs.layerread import (
     BLOCK,
     READAHEAD_BYTES,
@@ -37,7 +38,9 @@ from ocifs.layerread import (
     open_reader,
 )
 from ocifs.layout import LayerRef, ResolvedImage
-from ocifs.ocibuild import OCI_LAYER_GZIP, OCI_LAYER_TAR, sha256_digest
+from ocifs.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TAR, Compression
+from ocifs.ocibuild import sha256_digest
+from ocifs.tarscan import TarEntry
 
 
 def layer_ref(
@@ -47,7 +50,29 @@ def layer_ref(
     path = tmp_path / f"blob-{index}-{digest[7:19]}"
     path.write_bytes(blob)
     media_type = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
-    return LayerRef(index, digest, len(blob), media_type, compression, sha256_digest(tar), path)
+    return LayerRef(
+        index, digest, len(blob), media_type, Compression(compression), sha256_digest(tar), path
+    )
+
+
+class IndexedLayer(NamedTuple):
+    """A layer with what indexing it found, as the read tests use the two together."""
+
+    layer: LayerRef
+    index: LayerIndex
+
+    @property
+    def entries(self) -> list[TarEntry]:
+        assert self.index.entries is not None
+        return self.index.entries
+
+    @property
+    def points(self) -> SeekPoints | None:
+        return self.index.points
+
+
+def indexed_layer(layer: LayerRef, **options: Any) -> IndexedLayer:
+    return IndexedLayer(layer, index_layer(layer, **options))
 
 
 def reader_of(indexed: IndexedLayer, cache: BlockCache | None = None) -> LayerReader:
@@ -80,7 +105,7 @@ def test_index_and_read_back_every_file(
 ) -> None:
     tar, files = big_tar
     blob = gzip.compress(tar, compresslevel=1) if compression == "gzip" else tar
-    indexed = index_layer(layer_ref(tmp_path, blob, tar, compression))
+    indexed = indexed_layer(layer_ref(tmp_path, blob, tar, compression))
     reader = reader_of(indexed)
     try:
         by_name = {entry.path.decode(): entry for entry in indexed.entries}
@@ -98,7 +123,7 @@ def test_gzip_reads_start_from_a_seek_point_near_the_offset(
 ) -> None:
     """A read near the end of a big gzip layer never decompresses from the layer's start."""
     tar, files = big_tar
-    indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
+    indexed = indexed_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
     reader = reader_of(indexed)
     assert isinstance(reader, GzipLayerReader)
     points = list(reader.points.uncompressed)
@@ -117,7 +142,7 @@ def test_sequential_reads_continue_where_the_last_one_stopped(
     """Reading a file front to back uses one cursor that moves on; it is never restarted
     from a seek point, and nothing is inflated twice."""
     tar, files = big_tar
-    indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
+    indexed = indexed_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
     reader = reader_of(indexed, BlockCache(1 << 20))  # too small to hide a restart
     assert isinstance(reader, GzipLayerReader)
     started = []
@@ -146,7 +171,7 @@ def test_blocks_are_shared_by_readers_and_bounded(
     tmp_path: Path, big_tar: tuple[bytes, dict[str, bytes]]
 ) -> None:
     tar, files = big_tar
-    indexed = index_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
+    indexed = indexed_layer(layer_ref(tmp_path, gzip.compress(tar, compresslevel=1), tar, "gzip"))
     cache = BlockCache(4 * BLOCK)
     reader = reader_of(indexed, cache)
     entry = next(e for e in indexed.entries if e.path == b"first")
@@ -159,7 +184,9 @@ def test_blocks_are_shared_by_readers_and_bounded(
 def test_r9_layer_digest_mismatch(tmp_path: Path) -> None:
     tar = make_tar([f("a", b"x")])
     ref = layer_ref(tmp_path, tar, tar, "none")
-    bad = LayerRef(0, "sha256:" + "0" * 64, ref.size, ref.media_type, "none", ref.diff_id, ref.path)
+    bad = LayerRef(
+        0, "sha256:" + "0" * 64, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.path
+    )
     with pytest.raises(LayerError, match=r"layer 0 \(sha256:0+\): layer digest mismatch"):
         index_layer(bad)
     assert index_layer(bad, verify=False).entries  # --no-verify trusts the layout
@@ -168,7 +195,9 @@ def test_r9_layer_digest_mismatch(tmp_path: Path) -> None:
 def test_r9_b2_diff_id_mismatch_in_gzip_layer(tmp_path: Path) -> None:
     tar = make_tar([f("a", b"x")])
     ref = layer_ref(tmp_path, gzip.compress(tar), tar, "gzip")
-    bad = LayerRef(0, ref.digest, ref.size, ref.media_type, "gzip", "sha256:" + "1" * 64, ref.path)
+    bad = LayerRef(
+        0, ref.digest, ref.size, ref.media_type, Compression.GZIP, "sha256:" + "1" * 64, ref.path
+    )
     with pytest.raises(LayerError, match="diff_id mismatch"):
         index_layer(bad)
 
@@ -195,7 +224,7 @@ def test_b3_damaged_gzip_is_refused(tmp_path: Path, case: str) -> None:
 def test_b3_concatenated_members_and_zero_padding_are_fine(tmp_path: Path) -> None:
     tar = make_tar([f("a", b"1" * 5000), f("b", b"2" * 5000)])
     blob = gzip.compress(tar[:4096]) + gzip.compress(tar[4096:]) + b"\0" * 1024
-    indexed = index_layer(layer_ref(tmp_path, blob, tar, "gzip"))
+    indexed = indexed_layer(layer_ref(tmp_path, blob, tar, "gzip"))
     b = next(e for e in indexed.entries if e.path == b"b")
     reader = reader_of(indexed)
     assert reader.pread(b.data_offset, b.size) == b"2" * 5000
@@ -208,7 +237,7 @@ def test_damaged_region_after_indexing_gives_damaged_layer_then_recovers(tmp_pat
     tar = make_tar([f("first", first), f("second", second)])
     blob = gzip.compress(tar, compresslevel=6)
     ref = layer_ref(tmp_path, blob, tar, "gzip")
-    indexed = index_layer(ref)
+    indexed = indexed_layer(ref)
     reader = reader_of(indexed)
     entry = {e.path: e for e in indexed.entries}[b"second"]
     with open(ref.path, "r+b") as damaged:
@@ -289,7 +318,7 @@ def test_uncompressed_tar_hash_matches_digest(tmp_path: Path) -> None:
     data = buffer.getvalue()
     ref = layer_ref(tmp_path, data, data, "none")
     assert ref.digest == "sha256:" + hashlib.sha256(data).hexdigest() == ref.diff_id
-    indexed = index_layer(ref)
+    indexed = indexed_layer(ref)
     assert [e.path for e in indexed.entries] == [b"x"]
 
 
@@ -302,7 +331,7 @@ def test_reads_across_seek_points_far_apart(tmp_path: Path) -> None:
     # memLevel 9 lets zlib hold 32k symbols, each up to 258 zeros, in one block: 8.4 MB.
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31, 9)
     blob = compressor.compress(tar) + compressor.flush()
-    indexed = index_layer(layer_ref(tmp_path, blob, tar, "gzip"))
+    indexed = indexed_layer(layer_ref(tmp_path, blob, tar, "gzip"))
     reader = reader_of(indexed)
     assert isinstance(reader, GzipLayerReader)
     points = list(reader.points.uncompressed)
@@ -321,11 +350,11 @@ def test_r9_uncompressed_layer_with_sha512_digest_and_sha256_diff_id(tmp_path: P
     tar = make_tar([f("a", b"x")])
     ref = layer_ref(tmp_path, tar, tar, "none")
     sha512 = "sha512:" + hashlib.sha512(tar).hexdigest()
-    good = LayerRef(0, sha512, ref.size, ref.media_type, "none", ref.diff_id, ref.path)
-    indexed = index_layer(good)
+    good = LayerRef(0, sha512, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.path)
+    indexed = indexed_layer(good)
     assert [e.path for e in indexed.entries] == [b"a"]
     bad = LayerRef(
-        0, "sha512:" + "0" * 128, ref.size, ref.media_type, "none", ref.diff_id, ref.path
+        0, "sha512:" + "0" * 128, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.path
     )
     with pytest.raises(LayerError, match="layer digest mismatch"):
         index_layer(bad)
@@ -343,7 +372,7 @@ def spans_layer(
     tar, _ = big_tar
     path = tmp_path_factory.mktemp("spans")
     ref = layer_ref(path, gzip.compress(tar, compresslevel=6), tar, "gzip")
-    return index_layer(ref, spacing=SPACING), tar
+    return indexed_layer(ref, spacing=SPACING), tar
 
 
 def gzip_reader(indexed: IndexedLayer, cache: BlockCache | None = None) -> GzipLayerReader:
@@ -545,7 +574,7 @@ def test_neighbouring_jobs_share_the_block_across_their_seek_point(
         assert not reader.jobs and not reader.pending
         # Read from the cache: reads would queue more jobs, which nobody here runs.
         for number in range(-(-last_block_end // BLOCK)):
-            block = cache.get((indexed.layer.index, number))
+            block = cache.get((indexed.layer.position, number))
             assert block == tar[number * BLOCK : (number + 1) * BLOCK]
     finally:
         reader.close()
@@ -607,7 +636,7 @@ def test_damaged_region_ahead_of_a_sequential_reader_fails_only_the_read_that_re
     tar = make_tar([f("text", data)])
     blob = gzip.compress(tar, compresslevel=6)
     ref = layer_ref(tmp_path, blob, tar, "gzip")
-    indexed = index_layer(ref, spacing=SPACING)
+    indexed = indexed_layer(ref, spacing=SPACING)
     points = indexed.points
     assert points is not None
     # Damage the compressed data of a span in the middle, ahead of the reader. Inside a

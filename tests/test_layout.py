@@ -22,12 +22,15 @@ import pytest
 from ocifs import layout as L
 from ocifs.errors import LayoutError
 from ocifs.layout import Platform, resolve, split_image_arg
-from ocifs.ocibuild import (
+from ocifs.mediatypes import (
+    LAYER_TYPES,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     REF_NAME,
+)
+from ocifs.ocibuild import (
     LayoutWriter,
     image_config,
     image_manifest,
@@ -171,7 +174,7 @@ def test_r1_minimal_layout_resolves_to_manifest_config_and_layers(tmp_path: Path
     assert result.manifest_media_type == OCI_MANIFEST
     assert len(result.layers) == 2
     for i, layer in enumerate(result.layers):
-        assert layer.index == i
+        assert layer.position == i
         assert layer.digest == manifest["layers"][i]["digest"]
         assert layer.size == manifest["layers"][i]["size"] == layer.path.stat().st_size
         assert layer.media_type == OCI_LAYER_GZIP
@@ -826,11 +829,28 @@ def test_r6_image_without_layers(tmp_path: Path) -> None:
 # --- R7: layer media types ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("media_type, compression", sorted(L.LAYER_TYPES.items()))
+SUPPORTED_LAYER_TYPES = sorted((t, c) for t, c in LAYER_TYPES.items() if c.supported)
+UNSUPPORTED_LAYER_TYPES = sorted((t, c) for t, c in LAYER_TYPES.items() if not c.supported)
+
+
+@pytest.mark.parametrize("media_type, compression", SUPPORTED_LAYER_TYPES)
 def test_r7_layer_media_types(tmp_path: Path, media_type: str, compression: str) -> None:
     simple(tmp_path, layer_type=media_type)
     layer = resolve(tmp_path, platform=AMD64).layers[0]
     assert (layer.media_type, layer.compression) == (media_type, compression)
+
+
+@pytest.mark.parametrize("media_type, compression", UNSUPPORTED_LAYER_TYPES)
+def test_r7_known_but_unsupported_layer_types_are_refused_when_resolving(
+    tmp_path: Path, media_type: str, compression: str
+) -> None:
+    """R7: support is decided once, by the resolver: one line naming the layer and why."""
+    simple(tmp_path, layer_type=media_type)
+    with pytest.raises(LayoutError) as caught:
+        resolve(tmp_path, platform=AMD64)
+    message = str(caught.value)
+    assert "layer 0 (sha256:" in message
+    assert f"{compression} layers ({media_type}) are not supported" in message
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,7 @@
-"""Index a layer in one pass: entries, seek points, and the checks of its digests.
+"""Index a layer in one pass: its entries, seek points and sizes, with its digests checked.
+
+``index_layer`` builds a ``LayerIndex``, the one record of what indexing found; the index
+cache stores and loads the same record, and the image's merge and readers use it.
 
 The blob is read once, front to back. For a gzip layer, gzseek inflates it strictly (CRC,
 length, truncation, trailing garbage: B3) and records seek points on the way, in a thread of
@@ -10,25 +13,32 @@ time of the slowest. Reading the layer afterwards is ``layerread``'s job.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .errors import LayerError, LayoutError, OcifsError
 from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
-from .layerread import check_supported
 from .layout import LayerRef
+from .mediatypes import Compression
 from .tarscan import TarEntry, scan_tar
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # what the indexing pass reads and inflates at a time
 
-# Called with the number of blob bytes just read; it may raise to stop the indexing.
+# Called with the number of blob bytes just read.
 Progress = Callable[[int], None]
+
+
+class IndexingCancelled(Exception):
+    """Raised in an indexing pass once its cancel event is set (Ctrl-C, or another layer
+    failed): the pass stops at its next read."""
 
 
 def new_hash(digest: str) -> Any:
@@ -42,23 +52,20 @@ def verify_hash(what: str, expected: str, hasher: Any) -> None:
         raise LayoutError(f"{what} mismatch: expected {expected}, blob has {actual}")
 
 
-class IndexedLayer:
-    """A layer after indexing: its entries (archive order), seek points, and whether the
-    blob was checked against its digests."""
+@dataclass(frozen=True)
+class LayerIndex:
+    """What indexing a layer finds, built once (by ``index_layer``) or loaded once (from the
+    index cache): its entries in archive order, its seek points (for compressions read
+    through them), the size of its tar stream, and whether its digests were checked."""
 
-    def __init__(
-        self,
-        layer: LayerRef,
-        entries: list[TarEntry],
-        points: SeekPoints | None,
-        uncompressed_size: int,
-        verified: bool,
-    ) -> None:
-        self.layer = layer
-        self.entries = entries
-        self.points = points
-        self.uncompressed_size = uncompressed_size
-        self.verified = verified
+    entries: list[TarEntry] | None  # None when loaded without them: the tree was cached
+    points: SeekPoints | None
+    uncompressed_size: int
+    verified: bool
+
+    def without_entries(self) -> LayerIndex:
+        """The same index without its entries, once the merged tree holds what it needs."""
+        return dataclasses.replace(self, entries=None)
 
 
 def index_layer(
@@ -66,12 +73,21 @@ def index_layer(
     verify: bool = True,
     progress: Progress | None = None,
     spacing: int = DEFAULT_SPACING,
-) -> IndexedLayer:
-    """Index one layer in one pass; raises LayerError naming the layer on any problem."""
-    check_supported(layer)
+    cancel: threading.Event | None = None,
+) -> LayerIndex:
+    """Index one layer in one pass; raises LayerError naming the layer on any problem, and
+    IndexingCancelled once ``cancel`` is set."""
+    indexer = INDEXERS[layer.compression]  # resolve refused the compressions not listed
+
+    def advance(chunk: bytes) -> None:
+        if cancel is not None and cancel.is_set():
+            raise IndexingCancelled
+        if progress is not None:
+            progress(len(chunk))
+
     try:
         with open(layer.path, "rb") as blob:
-            return _index(layer, blob, verify, progress, spacing)
+            return indexer(layer, blob, verify, advance, spacing)
     except LayerError:
         raise
     except OcifsError as error:
@@ -82,7 +98,7 @@ def index_layer(
         ) from error
 
 
-class ReadAhead:
+class BackgroundStream:
     """Reads a stream in a thread of its own, a few chunks ahead of its consumer.
 
     Indexing a layer is two jobs: inflating and hashing (zlib and hashlib let go of the GIL)
@@ -142,52 +158,52 @@ class ReadAhead:
         self.stopped.set()
         self.thread.join()
 
-    def __enter__(self) -> ReadAhead:
+    def __enter__(self) -> BackgroundStream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-def _index(
-    layer: LayerRef,
-    blob: BinaryIO,
-    verify: bool,
-    progress: Progress | None,
-    spacing: int,
-) -> IndexedLayer:
+# Called with each chunk of the blob as it is read; raises IndexingCancelled to stop.
+OnInput = Callable[[bytes], None]
+
+
+def _index_tar(
+    layer: LayerRef, blob: BinaryIO, verify: bool, advance: OnInput, spacing: int
+) -> LayerIndex:
+    """An uncompressed layer: the blob is the tar stream, so the layer digest and the
+    diff_id hash the same bytes, and one hash serves both when they name one algorithm."""
     diff_hasher = new_hash(layer.diff_id) if verify else None
-    name = f"read-layer-{layer.index}"
+    same_algorithm = layer.digest.split(":")[0] == layer.diff_id.split(":")[0]
+    blob_hasher = new_hash(layer.digest) if verify and not same_algorithm else None
+    hashers = [hasher for hasher in (diff_hasher, blob_hasher) if hasher is not None]
 
-    def advance(chunk: bytes) -> None:
-        if progress is not None:
-            progress(len(chunk))
+    def read(size: int) -> bytes:
+        chunk = blob.read(size)
+        advance(chunk)
+        return chunk
 
-    if layer.compression == "none":
-        # The blob is the tar stream: the layer digest and the diff_id hash the same bytes,
-        # so one hash serves both when they name the same algorithm.
-        same_algorithm = layer.digest.split(":")[0] == layer.diff_id.split(":")[0]
-        blob_hasher = new_hash(layer.digest) if verify and not same_algorithm else None
-        hashers = [hasher for hasher in (diff_hasher, blob_hasher) if hasher is not None]
+    with BackgroundStream(read, f"read-layer-{layer.position}", hashers) as stream:
+        entries = list(scan_tar(stream))
+        stream.drain()
+    if diff_hasher is not None:
+        verify_hash("layer digest", layer.digest, blob_hasher or diff_hasher)
+        verify_hash("diff_id", layer.diff_id, diff_hasher)
+    return LayerIndex(entries, None, blob.tell(), verify)
 
-        def read(size: int) -> bytes:
-            chunk = blob.read(size)
-            advance(chunk)
-            return chunk
 
-        with ReadAhead(read, name, hashers) as stream:
-            entries = list(scan_tar(stream))
-            stream.drain()
-        if diff_hasher is not None:
-            verify_hash("layer digest", layer.digest, blob_hasher or diff_hasher)
-            verify_hash("diff_id", layer.diff_id, diff_hasher)
-        return IndexedLayer(layer, entries, None, blob.tell(), verify)
-
-    # Three threads: this one scans, one inflates, one hashes the compressed blob.
+def _index_gzip(
+    layer: LayerRef, blob: BinaryIO, verify: bool, advance: OnInput, spacing: int
+) -> LayerIndex:
+    """A gzip layer, in three threads: this one scans, one inflates (recording seek points),
+    one hashes the compressed blob."""
+    diff_hasher = new_hash(layer.diff_id) if verify else None
     blob_digest = BlobHash(layer) if verify else None
     indexer = GzipIndexer(blob, spacing, advance)
+    name = f"read-layer-{layer.position}"
     try:
-        with ReadAhead(indexer.read, name, [diff_hasher] if diff_hasher else []) as stream:
+        with BackgroundStream(indexer.read, name, [diff_hasher] if diff_hasher else []) as stream:
             entries = list(scan_tar(stream))
             stream.drain()
         points = indexer.finish()
@@ -201,7 +217,14 @@ def _index(
         verify_hash("layer digest", layer.digest, blob_digest.result())
     if diff_hasher is not None:
         verify_hash("diff_id", layer.diff_id, diff_hasher)
-    return IndexedLayer(layer, entries, points, points.size, verify)
+    return LayerIndex(entries, points, points.size, verify)
+
+
+# One indexer per compression ocifs serves (mediatypes.SUPPORTED).
+INDEXERS: dict[Compression, Callable[[LayerRef, BinaryIO, bool, OnInput, int], LayerIndex]] = {
+    Compression.NONE: _index_tar,
+    Compression.GZIP: _index_gzip,
+}
 
 
 class BlobHash:
@@ -214,7 +237,7 @@ class BlobHash:
         self.error: OSError | None = None
         self.stopped = threading.Event()
         self.thread = threading.Thread(
-            target=self._run, name=f"hash-layer-{layer.index}", daemon=True
+            target=self._run, name=f"hash-layer-{layer.position}", daemon=True
         )
         self.thread.start()
 

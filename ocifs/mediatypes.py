@@ -1,0 +1,76 @@
+"""Media types and compressions: the one table of what an image may hold and what ocifs reads.
+
+Everything that varies with a document's or a layer's media type is decided here: which
+documents are manifests, indexes and configs, and for each layer media type its compression.
+A compression says whether ocifs can serve it and whether its readers need seek points.
+Adding a compression means a row here and its indexer and reader, nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+
+OCI_LAYOUT_VERSION = "1.0.0"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_SCHEMA1 = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
+
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+ENCRYPTED_SUFFIX = "+encrypted"
+
+
+class Compression(enum.StrEnum):
+    """How a layer's tar stream is stored in its blob (its value is the name users see)."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+    @property
+    def supported(self) -> bool:
+        """Whether ocifs can index and serve layers stored this way."""
+        return self in SUPPORTED
+
+    @property
+    def seekable_by_points(self) -> bool:
+        """Whether reads need seek points recorded while indexing (else they go by offset)."""
+        return self is Compression.GZIP
+
+
+SUPPORTED = frozenset({Compression.NONE, Compression.GZIP})
+
+# Layer media type -> compression (R7).
+LAYER_TYPES: dict[str, Compression] = {
+    OCI_LAYER_TAR: Compression.NONE,
+    OCI_LAYER_GZIP: Compression.GZIP,
+    OCI_LAYER_ZSTD: Compression.ZSTD,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": Compression.NONE,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": Compression.GZIP,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": Compression.ZSTD,
+    "application/vnd.docker.image.rootfs.diff.tar": Compression.NONE,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": Compression.GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": Compression.GZIP,
+}
+
+# The media type ocifs.ocibuild writes for a layer stored each way.
+OCI_LAYER_TYPE: dict[Compression, str] = {
+    Compression.NONE: OCI_LAYER_TAR,
+    Compression.GZIP: OCI_LAYER_GZIP,
+    Compression.ZSTD: OCI_LAYER_ZSTD,
+}
