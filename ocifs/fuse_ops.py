@@ -22,12 +22,12 @@ import trio
 
 from .image import Image
 from .layerread import DamagedLayer
-from .tree import Inode
+from .tree import Inode, show
 
 logger = logging.getLogger(__name__)
 
 CACHE_TIMEOUT = 24 * 3600.0  # the image is immutable: cache names and attributes for a day
-BLOCK_SIZE = 4096
+ST_BLKSIZE = 4096  # the I/O size stat and statfs report
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 P = ParamSpec("P")
@@ -67,7 +67,7 @@ class ImageOperations(pyfuse3.Operations):
         super().__init__()
         self.image = image
         self.tree = image.tree
-        # Mount tuning that must wait until the kernel has taken the INIT reply (see cli).
+        # Mount tuning that must wait until the kernel has taken the INIT reply (see daemon).
         self.before_first_read = before_first_read
 
     def _inode(self, inode: int) -> Inode:
@@ -82,7 +82,7 @@ class ImageOperations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = CACHE_TIMEOUT
         entry.attr_timeout = CACHE_TIMEOUT
-        entry.st_blksize = BLOCK_SIZE
+        entry.st_blksize = ST_BLKSIZE
         self.fill_attributes(entry, ino)
         return entry
 
@@ -170,7 +170,16 @@ class ImageOperations(pyfuse3.Operations):
         try:
             return await trio.to_thread.run_sync(self.image.read, node, off, size)
         except DamagedLayer as error:
-            logger.error("read of inode %d at %d failed: %s", fh, off, error)
+            layer = self.image.resolved.layers[node.layer].describe()
+            logger.error(
+                "EIO: read of %s (inode %d) at offset %d, %d bytes, from %s: %s",
+                show(self.tree.path_of(fh)),
+                fh,
+                off,
+                size,
+                layer,
+                str(error).removeprefix(f"{layer}: "),  # the readers name the layer too
+            )
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     @handler
@@ -191,8 +200,8 @@ class ImageOperations(pyfuse3.Operations):
     @handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
-        data.f_bsize = data.f_frsize = BLOCK_SIZE
-        data.f_blocks = (self.tree.file_bytes + BLOCK_SIZE - 1) // BLOCK_SIZE
+        data.f_bsize = data.f_frsize = ST_BLKSIZE
+        data.f_blocks = (self.tree.file_bytes + ST_BLKSIZE - 1) // ST_BLKSIZE
         data.f_bfree = data.f_bavail = 0
         data.f_files = len(self.tree)
         data.f_ffree = data.f_favail = 0

@@ -463,6 +463,21 @@ class MergedTree:
     def parent_of(self, directory: int) -> int:
         return self.parent[directory]
 
+    def path_of(self, ino: int) -> bytes:
+        """The path of ``ino`` in the image, such as b"/etc/passwd" (a hardlink: the name it
+        was numbered under, since ``parent`` holds that directory for every inode). For log
+        lines: each step searches the parent's children for the inode."""
+        if not 0 < ino < len(self.mode):
+            raise KeyError(ino)
+        names: list[bytes] = []
+        while ino != ROOT_INO:
+            parent = self.parent[ino]
+            first = self.first_child[parent]
+            index = self.child_ino.index(ino, first, first + self.child_count[parent])
+            names.append(self.child_name_at(index))
+            ino = parent
+        return b"/" + b"/".join(reversed(names))
+
     def child_name_at(self, index: int) -> bytes:
         return self.names[self.child_name[index] : self.child_name[index + 1]]
 
