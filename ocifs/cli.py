@@ -1,34 +1,25 @@
-"""The command line: ``ocifs mount``, ``ocifs umount`` and ``ocifs index``.
+"""The command line: parses ``ocifs mount``, ``ocifs umount`` and ``ocifs index`` and runs them.
 
 ``mount`` resolves and indexes the image in the foreground, or takes its index from the cache
 (so every problem is reported as one line with a non-zero exit, before anything is attached),
-mounts it, and then, unless ``-f`` was
-given, leaves a daemon behind that serves the mount and returns. The daemon unmounts cleanly on
-SIGINT or SIGTERM, and ends by itself when the mount is taken away with ``ocifs umount``.
-``index`` builds the cached indexes of an image without mounting it, so a later mount is quick.
+then hands it to ``daemon``, which mounts it and, unless ``-f`` was given, leaves a daemon
+behind that serves the mount (logging to a file) and returns. ``umount`` takes an ocifs mount
+away, which ends its daemon. ``index`` builds the cached indexes of an image without mounting
+it, so a later mount is quick.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import logging
 import os
-import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import pyfuse3
-import trio
-
-from . import __version__
+from . import __version__, daemon
 from .errors import OcifsError
-from .fuse_ops import ImageOperations
 from .image import Image, LoadReport, load_image
 from .indexcache import IndexCache, default_cache_dir
 from .layerread import BLOCK_CACHE_BYTES
@@ -36,7 +27,7 @@ from .layout import Platform, resolve, split_image_arg
 from .mountinfo import unescape_mount_path
 from .progress import TerminalProgress
 
-logger = logging.getLogger("ocifs")
+logger = logging.getLogger(__name__)
 
 FSTYPE = "fuse.ocifs"
 
@@ -65,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         f" (default {BLOCK_CACHE_BYTES >> 20}M)",
     )
     mount.add_argument(
-        "-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
+        "-f",
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground, logging to stderr (unless --log-file)",
     )
     mount.add_argument(
         "-o",
@@ -75,7 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OPT[,OPT...]",
         help="FUSE mount options, such as allow_other",
     )
-    mount.add_argument("--debug", action="store_true", help="log every request")
+    mount.add_argument(
+        "--log-file",
+        type=Path,
+        metavar="PATH",
+        help="where the daemon logs (default: a file named after the mount point in"
+        f" {display_home(daemon.default_state_dir())}; with -f, stderr)",
+    )
+    mount.add_argument(
+        "--debug", action="store_true", help="log every request, and say where the log is"
+    )
 
     umount = commands.add_parser("umount", help="unmount an ocifs mount")
     umount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
@@ -108,13 +111,14 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         metavar="DIR",
-        help=f"where layer indexes are kept (default {display_cache_dir()})",
+        help=f"where layer indexes are kept (default {display_home(default_cache_dir())})",
     )
     cache.add_argument("--no-cache", action="store_true", help="keep the indexes in memory only")
 
 
-def display_cache_dir() -> str:
-    return str(default_cache_dir()).replace(os.path.expanduser("~"), "~", 1)
+def display_home(path: Path) -> str:
+    """``path`` as help texts show it: the home directory as ``~``."""
+    return str(path).replace(os.path.expanduser("~"), "~", 1)
 
 
 def parse_size(text: str) -> int:
@@ -134,10 +138,7 @@ def parse_size(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s" if debug else "ocifs: %(message)s",
-    )
+    daemon.log_to_terminal(debug)
     try:
         if args.command == "mount":
             return mount(args)
@@ -193,161 +194,21 @@ def index(args: argparse.Namespace) -> int:
 
 
 def mount(args: argparse.Namespace) -> int:
+    """Check what can be checked, load the image, mount it and serve it (see daemon)."""
     mountpoint: Path = args.mountpoint
     if not mountpoint.is_dir():
         raise OcifsError(f"mountpoint {mountpoint} is not a directory")
-    options = mount_options(args.image, args.options)  # a bad option fails before indexing
-    target = os.path.realpath(mountpoint)
+    options = daemon.mount_options(args.image, args.options)  # a bad option fails before indexing
+    log = daemon.open_log(args.log_file, os.path.realpath(mountpoint), args.foreground)
+    if log is not None:
+        logger.info("the daemon logs to %s", log.path)
     image = open_image(args, LoadReport())
-
-    release_free_memory()
-    with libfuse_messages() as messages:
-        try:
-            operations = ImageOperations(image, lambda: widen_readahead(target))
-            pyfuse3.init(operations, str(mountpoint), options)
-        except Exception as error:  # libfuse reports failures as RuntimeError or OSError
-            failure: Exception | None = error
-        else:
-            failure = None
-    if failure is not None:
-        image.close()
-        # libfuse says why on stderr and pyfuse3 only that it failed: one line with the why.
-        reason = messages[-1].removeprefix("fuse: ") if messages else str(failure)
-        raise OcifsError(f"cannot mount at {mountpoint}: {reason}") from failure
-    for message in messages:
-        logger.warning("%s", message)
-
+    daemon.attach(image, mountpoint, options)
     if not args.foreground:
-        daemonize()
-    serve(image)
-    return 0
-
-
-READAHEAD_KIB = 1024
-
-
-def widen_readahead(target: str) -> None:
-    """Let the kernel read ahead 1 MiB on this mount instead of its default 128 KiB.
-
-    The image never changes and a gzip layer is inflated a span at a time, so bigger and
-    fewer read requests keep the inflating threads busy: about +25% for a cold sequential
-    read. Only root may write the mount's readahead setting; others keep the default. The
-    kernel sets it from the INIT reply, so this runs when the first file is opened.
-    """
-    # The device number comes from mountinfo, for the mount point resolved before mounting:
-    # a stat (or realpath) of it now would wait for this very process, not serving yet.
-    device = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            if unescape_mount_path(fields[4]) == target:
-                device = fields[2]  # major:minor; the last match is the newest mount
-    if device is None:
-        logger.info("kernel readahead left as it is: %s not in mountinfo", target)
-        return
-    try:
-        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{READAHEAD_KIB}\n")
-    except OSError as error:
-        logger.info("kernel readahead left as it is: %s", error.strerror or error)
-
-
-def release_free_memory() -> None:
-    """Give back to the system what indexing freed: the daemon lives long, the peak did not.
-
-    glibc keeps freed heap memory for reuse; malloc_trim returns it. Elsewhere: nothing to do.
-    """
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-@contextlib.contextmanager
-def libfuse_messages() -> Iterator[list[str]]:
-    """Collect what libfuse writes straight to file descriptor 2 while the block runs."""
-    messages: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield messages
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", "replace")
-            messages.extend(line.strip() for line in text.splitlines() if line.strip())
-
-
-def mount_options(image: str, extra: list[str]) -> set[str]:
-    """ro and default_permissions always; fsname names the image when it can be an option."""
-    fsname = image if not any(c in image for c in ", \t\n\\") else "ocifs"
-    options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=ocifs"}
-    for group in extra:
-        options.update(option for option in group.split(",") if option)
-    options.discard("rw")
-    for option in options:
-        if option.split("=", 1)[0] in UNSUPPORTED_OPTIONS:
-            # libfuse accepts it at mount time, then ends the session at the kernel's INIT:
-            # the daemon would be gone and the mount point dead.
-            raise OcifsError(f"-o {option} is not supported by ocifs")
-    return options
-
-
-UNSUPPORTED_OPTIONS = {"max_read"}
-
-
-def daemonize() -> None:
-    """Go on in a child that has left the terminal; the parent returns once it has.
-
-    The parent waits for the child's setsid: a terminal that closes as soon as ``ocifs mount``
-    returns (``script``, ssh) would otherwise hang up the daemon along with itself.
-    """
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    ready, notify = os.pipe()
-    if os.fork() != 0:
-        os.close(notify)
-        os.read(ready, 1)
-        os._exit(0)
-    os.close(ready)
-    os.setsid()
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    os.write(notify, b"1")
-    os.close(notify)
-
-
-def serve(image: Image) -> None:
-    """Run the FUSE loop until unmounted or signalled; always unmount and close."""
-    try:
-        trio.run(serve_until_stopped)
-    except BaseException:
-        logger.exception("the FUSE loop failed")
-        raise
-    finally:
-        try:
-            pyfuse3.close(unmount=True)
-        except Exception:
-            logger.debug("close after unmount", exc_info=True)
-        image.close()
-
-
-async def serve_until_stopped() -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_signal)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-
-
-async def stop_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            logger.info("got %s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+        daemon.daemonize(None if log is None else log.fd, args.debug)
+    elif log is not None:
+        daemon.log_to_file(log.fd, args.debug)
+    return daemon.serve(image, mountpoint)
 
 
 def umount(mountpoint: Path) -> int:

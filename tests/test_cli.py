@@ -1,9 +1,12 @@
-"""The command line around the mount: progress on a terminal only, umount, usage errors."""
+"""The command line around the mount: progress on a terminal only, umount, usage errors, and
+the daemon's log (where it is, what an EIO writes in it)."""
 
 from __future__ import annotations
 
 import os
 import pty
+import random
+import re
 import shlex
 import shutil
 import signal
@@ -15,6 +18,7 @@ import pytest
 from mounting import OCIFS, is_mounted, mounted, run_ocifs, unmount
 from tarbuild import f, make_tar
 
+from ocifs import daemon
 from ocifs.ocibuild import LayoutWriter, host_platform
 
 
@@ -199,3 +203,135 @@ def test_readahead_is_widened_once_a_file_is_opened(layout: Path, tmp_path: Path
         setting = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
         assert (mnt / "hello").read_bytes() == b"hello\n"
         assert setting.read_text().strip() == "1024"
+
+
+# --- the daemon's log ------------------------------------------------------------------------
+
+
+def words(seed: int, size: int) -> bytes:
+    """Text that gzip shrinks, but not to nothing: damage in it is met where it is."""
+    rng = random.Random(seed)
+    vocabulary = [rng.randbytes(rng.randint(2, 8)).hex() for _ in range(2000)]
+    text = " ".join(rng.choice(vocabulary) for _ in range(size // 8))
+    return text.encode()[:size]
+
+
+DAMAGED_PATH = "srv/data/damaged.txt"
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """(image, cache dir, layer digest): an image indexed into the cache, then damaged in the
+    middle of a file's compressed data (the cache checks only a sample of the blob: size,
+    head and tail). A mount takes the index from the cache and meets the damage on reading."""
+    root = tmp_path_factory.mktemp("damaged")
+    writer = LayoutWriter(root / "layout")
+    tar = make_tar([f("ok.txt", b"fine\n"), f(DAMAGED_PATH, words(1, 2 << 20))])
+    descriptor, diff_id = writer.add_layer(tar, "gzip")
+    writer.add_image([(descriptor, diff_id)], ref="v1", platform=host_platform())
+    writer.save()
+    image, cache = f"{root / 'layout'}:v1", root / "cache"
+    indexed = run_ocifs("index", "--cache-dir", str(cache), image)
+    assert indexed.returncode == 0, indexed.stderr
+    blob = writer.blob_path(descriptor["digest"])
+    size = blob.stat().st_size
+    assert size > 400_000  # the damage stays clear of the sampled head and tail
+    with blob.open("r+b") as raw:
+        raw.seek(size * 4 // 10)
+        raw.write(random.Random(2).randbytes(size * 4 // 10))
+    return image, cache, descriptor["digest"]
+
+
+def read_fails_with_eio(path: Path) -> None:
+    result = subprocess.run(["cat", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Input/output error" in result.stderr
+
+
+# 2024-05-01 12:00:00,123 ocifs[4242] ERROR ocifs.fuse_ops: EIO: read of '/srv/...' ...
+EIO_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ocifs\[\d+\] ERROR ocifs.fuse_ops:"
+    r" EIO: read of '/(?P<path>[^']*)' .* from (?P<layer>layer \d+ \([^)]*\)): (?P<why>.+)"
+)
+
+
+def eio_lines(log: Path) -> list[re.Match[str]]:
+    return [m for m in map(EIO_LINE.fullmatch, log.read_text().splitlines()) if m is not None]
+
+
+def test_eio_of_a_background_mount_is_in_the_default_log(
+    damaged: tuple[str, Path, str], tmp_path: Path, private_log_dir: Path
+) -> None:
+    image, cache, digest = damaged
+    with mounted(image, tmp_path / "mnt", "--cache-dir", str(cache)) as mnt:
+        assert (mnt / "ok.txt").read_bytes() == b"fine\n"
+        read_fails_with_eio(mnt / DAMAGED_PATH)
+        log = private_log_dir / daemon.log_file_name(str(mnt))
+        assert [log] == list(private_log_dir.iterdir())
+        lines = eio_lines(log)
+        assert lines, log.read_text()
+        assert {(m["path"], m["layer"]) for m in lines} == {(DAMAGED_PATH, f"layer 0 ({digest})")}
+        assert is_mounted(mnt)
+
+
+def test_log_file_option_takes_the_log(
+    damaged: tuple[str, Path, str], tmp_path: Path, private_log_dir: Path
+) -> None:
+    image, cache, _ = damaged
+    log = tmp_path / "chosen.log"
+    with mounted(image, tmp_path / "mnt", "--cache-dir", str(cache), "--log-file", str(log)) as mnt:
+        read_fails_with_eio(mnt / DAMAGED_PATH)
+        assert {line["path"] for line in eio_lines(log)} == {DAMAGED_PATH}
+    assert not private_log_dir.exists()
+
+
+def test_debug_says_where_the_log_is(layout: Path, tmp_path: Path, private_log_dir: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    chosen = tmp_path / "chosen.log"
+    for options, log in (
+        ([], private_log_dir / daemon.log_file_name(str(mnt))),
+        (["--log-file", str(chosen)], chosen),
+    ):
+        try:
+            result = run_ocifs("mount", "--debug", *options, f"{layout}:v1", str(mnt))
+            assert result.returncode == 0, result.stderr
+            assert f"the daemon logs to {log}\n" in result.stderr
+            assert (mnt / "hello").read_bytes() == b"hello\n"
+        finally:
+            unmount(mnt)
+        assert "read(" in log.read_text()  # --debug logs every request, in the file
+
+
+@pytest.mark.parametrize("log_file", [False, True], ids=["stderr", "log-file"])
+def test_foreground_logs_to_the_terminal_unless_given_a_log_file(
+    damaged: tuple[str, Path, str], tmp_path: Path, private_log_dir: Path, log_file: bool
+) -> None:
+    image, cache, _ = damaged
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "chosen.log"
+    options = ["--log-file", str(log)] if log_file else []
+    process = subprocess.Popen(
+        [*OCIFS, "mount", "-f", *options, "--cache-dir", str(cache), image, str(mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(600):
+            if is_mounted(mnt) or process.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert is_mounted(mnt)
+        read_fails_with_eio(mnt / DAMAGED_PATH)
+    finally:
+        unmount(mnt)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    if log_file:
+        assert stderr == ""
+        assert {line["path"] for line in eio_lines(log)} == {DAMAGED_PATH}
+    else:
+        assert f"ocifs: EIO: read of '/{DAMAGED_PATH}'" in stderr
+    assert not private_log_dir.exists()

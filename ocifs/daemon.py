@@ -1,0 +1,317 @@
+"""The mount's daemon: attach a loaded image to the mount point, and serve it until unmounted.
+
+Its one job is the life of a mount once the image is loaded: the FUSE mount options, libfuse's
+messages turned into one-line errors, giving back the memory indexing used, the wider kernel
+readahead, leaving the terminal (fork and setsid), the trio serve loop, SIGINT and SIGTERM, and
+the clean unmount at the end. And the log of all that: on the terminal while the command runs
+(and with ``-f``), then in a file, because a daemon's stderr is seen by no one. The log file is
+``--log-file`` or one per mount point under ``$XDG_STATE_HOME/ocifs``; once the daemon is in
+the background, file descriptors 1 and 2 point at it too, so that what C code or a stray print
+writes, and a fatal signal's traceback (faulthandler), land there as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import gc
+import hashlib
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pyfuse3
+import trio
+
+from .errors import OcifsError
+from .fuse_ops import ImageOperations
+from .image import Image
+from .indexcache import default_cache_dir
+from .mountinfo import unescape_mount_path
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_FORMAT = "ocifs: %(message)s"
+DEBUG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+# The file outlives many mounts of the same mount point: each line says when and which daemon.
+FILE_FORMAT = "%(asctime)s ocifs[%(process)d] %(levelname)s %(name)s: %(message)s"
+LOG_FILE_MODE = 0o600  # the log names files of the image, which may be private
+LOG_NAME_MAX = 100  # characters of the mount point kept in a log file's name
+EXACT_COMPONENT = re.compile(r"[A-Za-z0-9._]+")
+UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+
+READAHEAD_KIB = 1024
+# libfuse accepts these at mount time, then ends the session at the kernel's INIT: the daemon
+# would be gone and the mount point dead.
+UNSUPPORTED_OPTIONS = {"max_read"}
+
+
+# --- the log ---------------------------------------------------------------------------------
+
+
+def log_to_terminal(debug: bool) -> None:
+    """Log to stderr: warnings and errors as ``ocifs: ...`` lines, or everything with --debug."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format=DEBUG_FORMAT if debug else TERMINAL_FORMAT,
+        force=True,
+    )
+
+
+def log_to_file(log_fd: int, debug: bool) -> None:
+    """Send file descriptors 1 and 2, and with them the log, to the open file ``log_fd``
+    (which is closed: 1 and 2 keep it open)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    logging.basicConfig(
+        stream=sys.stderr,  # now the log file
+        level=logging.DEBUG if debug else logging.WARNING,
+        format=FILE_FORMAT,
+        force=True,
+    )
+    # A crash in C code (a segfault in libfuse, zlib through ctypes) leaves its traceback there.
+    faulthandler.enable(sys.stderr)
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/ocifs``, ``~/.local/state/ocifs`` by default (as the XDG spec says)."""
+    base = os.environ.get("XDG_STATE_HOME") or ""
+    if not os.path.isabs(base):  # the XDG spec says to ignore a relative value
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "ocifs"
+
+
+def log_file_name(target: str) -> str:
+    """The name of the default log file for a mount at ``target``, the mount point's real path.
+
+    Its components joined with '-': ``/mnt/img`` gives ``mnt-img.log``. Where that is not a
+    faithful copy of the path (a '-' or another character outside ``[A-Za-z0-9._]`` in a
+    component, the root, a path longer than LOG_NAME_MAX), the name is made safe, shortened
+    to its end (the telling part) and given a hash of the whole path, so that two mount points
+    never share a log. Only the mount point chooses the name, nothing from the image.
+    """
+    components = [component for component in target.split("/") if component]
+    readable = "-".join(UNSAFE_CHARACTERS.sub("_", component) for component in components)
+    exact = (
+        all(EXACT_COMPONENT.fullmatch(component) for component in components)
+        and 0 < len(readable) <= LOG_NAME_MAX
+        and not readable.startswith(".")  # a hidden file would be easy to miss
+    )
+    if exact:
+        return f"{readable}.log"
+    digest = hashlib.sha256(os.fsencode(target)).hexdigest()[:12]
+    shortened = readable[-LOG_NAME_MAX:].lstrip("-.") or "root"
+    return f"{shortened}-{digest}.log"
+
+
+class LogFile(NamedTuple):
+    """The daemon's log file, opened before anything is mounted."""
+
+    path: Path
+    fd: int
+
+
+def open_log_file(path: Path) -> int:
+    """The file descriptor of ``path`` opened for appending (created 0600 if missing)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
+    return os.open(path, flags, LOG_FILE_MODE)
+
+
+def open_default_log(target: str) -> LogFile | None:
+    """The default log file of the mount at ``target``, opened: in the state directory, else
+    in the cache directory; None (with a warning) if neither can be written."""
+    name = log_file_name(target)
+    reasons = []
+    for directory in (default_state_dir(), default_cache_dir()):
+        path = directory / name
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return LogFile(path, open_log_file(path))
+        except OSError as error:
+            reasons.append(f"{path}: {error.strerror or error}")
+    logger.warning("the daemon will log nowhere: cannot write %s", "; ".join(reasons))
+    return None
+
+
+def open_log(requested: Path | None, target: str, foreground: bool) -> LogFile | None:
+    """The daemon's log file: ``--log-file`` if given (an error if it cannot be opened), none
+    in the foreground (it logs to the terminal), else the default one for the mount point."""
+    if requested is not None:
+        try:
+            return LogFile(requested, open_log_file(requested))
+        except OSError as error:
+            raise OcifsError(f"cannot open log file {requested}: {error.strerror}") from None
+    if foreground:
+        return None
+    return open_default_log(target)
+
+
+# --- mounting --------------------------------------------------------------------------------
+
+
+def mount_options(image: str, extra: list[str]) -> set[str]:
+    """ro and default_permissions always; fsname names the image when it can be an option."""
+    fsname = image if not any(c in image for c in ", \t\n\\") else "ocifs"
+    options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=ocifs"}
+    for group in extra:
+        options.update(option for option in group.split(",") if option)
+    options.discard("rw")
+    for option in options:
+        if option.split("=", 1)[0] in UNSUPPORTED_OPTIONS:
+            raise OcifsError(f"-o {option} is not supported by ocifs")
+    return options
+
+
+def attach(image: Image, mountpoint: Path, options: set[str]) -> None:
+    """Mount ``image`` at ``mountpoint``, ready to be served; an OcifsError saying why not."""
+    target = os.path.realpath(mountpoint)
+    release_free_memory()
+    with libfuse_messages() as messages:
+        try:
+            operations = ImageOperations(image, lambda: widen_readahead(target))
+            pyfuse3.init(operations, str(mountpoint), options)
+        except Exception as error:  # libfuse reports failures as RuntimeError or OSError
+            failure: Exception | None = error
+        else:
+            failure = None
+    if failure is not None:
+        image.close()
+        # libfuse says why on stderr and pyfuse3 only that it failed: one line with the why.
+        reason = messages[-1].removeprefix("fuse: ") if messages else str(failure)
+        raise OcifsError(f"cannot mount at {mountpoint}: {reason}") from failure
+    for message in messages:
+        logger.warning("%s", message)
+
+
+def release_free_memory() -> None:
+    """Give back to the system what indexing freed: the daemon lives long, the peak did not.
+
+    glibc keeps freed heap memory for reuse; malloc_trim returns it. Elsewhere: nothing to do.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+@contextlib.contextmanager
+def libfuse_messages() -> Iterator[list[str]]:
+    """Collect what libfuse writes straight to file descriptor 2 while the block runs."""
+    messages: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            messages.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def widen_readahead(target: str) -> None:
+    """Let the kernel read ahead 1 MiB on this mount instead of its default 128 KiB.
+
+    The image never changes and a gzip layer is inflated a span at a time, so bigger and
+    fewer read requests keep the inflating threads busy: about +25% for a cold sequential
+    read. Only root may write the mount's readahead setting; others keep the default. The
+    kernel sets it from the INIT reply, so this runs when the first file is opened.
+    """
+    # The device number comes from mountinfo, for the mount point resolved before mounting:
+    # a stat (or realpath) of it now would wait for this very process, not serving yet.
+    device = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if unescape_mount_path(fields[4]) == target:
+                device = fields[2]  # major:minor; the last match is the newest mount
+    if device is None:
+        logger.info("kernel readahead left as it is: %s not in mountinfo", target)
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{READAHEAD_KIB}\n")
+    except OSError as error:
+        logger.info("kernel readahead left as it is: %s", error.strerror or error)
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+def daemonize(log_fd: int | None, debug: bool) -> None:
+    """Go on in a child that has left the terminal, logging to ``log_fd`` (or nowhere, if
+    None); the parent exits once the child has left.
+
+    The parent waits for the child's setsid: a terminal that closes as soon as ``ocifs mount``
+    returns (``script``, ssh) would otherwise hang up the daemon along with itself.
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    ready, notify = os.pipe()
+    if os.fork() != 0:
+        os.close(notify)
+        os.read(ready, 1)
+        os._exit(0)
+    os.close(ready)
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    if log_fd is None:
+        log_fd = devnull
+    else:
+        os.close(devnull)
+    log_to_file(log_fd, debug)
+    os.write(notify, b"1")
+    os.close(notify)
+
+
+def serve(image: Image, mountpoint: Path) -> int:
+    """Run the FUSE loop until unmounted or signalled; always unmount and close.
+
+    Returns the exit status: 0, or 1 after an internal error, which is logged at CRITICAL
+    with its traceback before the mount goes (a handler's bug only fails its request: see
+    fuse_ops; this is what escapes the loop itself).
+    """
+    logger.info("serving %s at %s", image.resolved.manifest_digest, mountpoint)
+    status = 0
+    try:
+        trio.run(serve_until_stopped)
+    except Exception:
+        logger.critical(
+            "internal error: the daemon stops and %s is unmounted", mountpoint, exc_info=True
+        )
+        status = 1
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:
+            logger.debug("close after unmount", exc_info=True)
+        image.close()
+    logger.info("%s unmounted", mountpoint)
+    return status
+
+
+async def serve_until_stopped() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            logger.info("got %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
