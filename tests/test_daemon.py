@@ -158,6 +158,24 @@ def test_once_logging_to_the_file_fds_1_and_2_go_there_too(tmp_path: Path, debug
     assert "a stray print" in lines
 
 
+def test_a_crash_in_c_code_leaves_its_traceback_in_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "daemon.log"
+    script = f"""
+        import ctypes
+        from pathlib import Path
+        from ocifs import daemon
+        daemon.log_to_file(daemon.open_log_file(Path({str(log)!r})), False)
+        ctypes.string_at(0)  # a segfault
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True
+    )
+    assert result.returncode < 0 and result.stderr == ""
+    text = log.read_text()
+    assert "Fatal Python error: Segmentation fault" in text
+    assert "ctypes" in text  # the Python stack at the crash
+
+
 def test_mount_options() -> None:
     options = daemon.mount_options("./layout:v1", ["allow_other,rw", "suid"])
     assert options == {
