@@ -345,6 +345,7 @@ def test_m10_root_entry_not_a_directory(tmp_path: Path) -> None:
     mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"])
 
 
+@pytest.mark.fuse
 def test_good_layout_mounts(tmp_path: Path) -> None:
     """Control: the hand-written layout without a defect mounts (so the cases above fail for
     their defect alone)."""
@@ -412,6 +413,7 @@ def test_umount_not_mounted(tmp_path: Path) -> None:
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+@pytest.mark.fuse
 def test_dev_fuse_not_usable_by_user() -> None:
     """An ordinary user who cannot open /dev/fuse (mode 0600 on some machines) gets one line,
     not libfuse's message and ocifs's. The test sets /dev/fuse to 0600 for the case."""

@@ -17,6 +17,8 @@ from tarbuild import d, f, make_tar
 
 from ocifs.ocibuild import LayoutWriter, host_platform
 
+pytestmark = pytest.mark.fuse  # these tests mount: see conftest
+
 BIG = 24 << 20
 
 

@@ -34,6 +34,7 @@ CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "__pycache__"}
 
 pytestmark = [
+    pytest.mark.fuse,
     pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root"),
     pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd"),
     pytest.mark.skipif(not os.path.exists(PYTHON), reason=f"needs Debian's {PYTHON}"),

@@ -21,6 +21,8 @@ from tarbuild import f, make_tar
 from ocifs import daemon
 from ocifs.ocibuild import LayoutWriter, host_platform
 
+pytestmark = pytest.mark.fuse  # these tests mount: see conftest
+
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:

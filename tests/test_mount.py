@@ -31,6 +31,8 @@ from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
 
 from ocifs.ocibuild import LayoutWriter, host_platform
 
+pytestmark = pytest.mark.fuse  # these tests mount: see conftest
+
 MIB = 1 << 20
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\n"
 HL_DATA = b"hardlinked content, shared by three names\n"

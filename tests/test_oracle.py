@@ -39,6 +39,8 @@ from mounting import mounted
 from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
 from treecompare import Snapshot, diff, snapshot
 
+pytestmark = pytest.mark.fuse  # these tests mount: see conftest
+
 Step = Callable[[Path], None]
 
 # Fixed mtimes, with nanoseconds (umoci rounds them to seconds when it writes the layer).
