@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from tarbuild import Member, d, f, link, make_tar, sym
 
-from ocifs import indexcache, tarscan
+from ocifs import cachefile, indexcache, tarscan
+from ocifs.cachefile import CacheMiss, read_file
 from ocifs.errors import LayerError
 from ocifs.gzseek import SeekPoints
 from ocifs.image import LoadReport, load_image
-from ocifs.indexcache import CacheMiss, IndexCache, read_file
+from ocifs.indexcache import IndexCache
 from ocifs.layerindex import LayerIndex, index_layer
 from ocifs.layerread import BlockCache, DamagedLayer, open_reader
 from ocifs.layout import LayerRef, ResolvedImage
@@ -237,8 +238,8 @@ def test_damaged_cache_file_is_ignored_and_rebuilt(
     layer = resolved.layers[0]
     path = cache.layer_path(layer.digest)
     data = path.read_bytes()
-    preamble = indexcache.PREAMBLE.size
-    _, _, header_length, _ = indexcache.PREAMBLE.unpack(data[:preamble])
+    preamble = cachefile.PREAMBLE.size
+    _, _, header_length, _ = cachefile.PREAMBLE.unpack(data[:preamble])
     if case == "truncated-preamble":
         path.write_bytes(data[:10])
     elif case == "truncated-header":
@@ -306,7 +307,7 @@ def test_write_is_atomic_and_leaves_no_temporary_files(
     def fail(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(indexcache.os, "replace", fail)
+    monkeypatch.setattr(cachefile.os, "replace", fail)
     indexed = index_layer(resolved.layers[0])
     assert cache.store_layer(resolved.layers[0], indexed) is indexed  # not written: logged
     assert path.read_bytes() == before
@@ -352,11 +353,11 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
     cache = IndexCache(tmp_path / "cache")
     indexed = index_layer(layer, spacing=256 << 10)
     stored = cache.store_layer(layer, indexed)
-    assert stored.points is not None and isinstance(stored.points.windows, indexcache.FileSection)
+    assert stored.points is not None and isinstance(stored.points.windows, cachefile.FileSection)
     found = cache.load_layer(layer, verify=True, with_entries=False)
     assert found is not None
     points = found.points
-    assert points is not None and isinstance(points.windows, indexcache.FileSection)
+    assert points is not None and isinstance(points.windows, cachefile.FileSection)
     entry = indexed.entries[0]
     reader = open_reader(layer, points, BlockCache(1 << 20))
     try:
