@@ -307,7 +307,7 @@ def test_write_is_atomic_and_leaves_no_temporary_files(
     def fail(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cachefile.os, "replace", fail)
+    monkeypatch.setattr("ocifs.cachefile.os.replace", fail)
     indexed = index_layer(resolved.layers[0])
     assert cache.store_layer(resolved.layers[0], indexed) is indexed  # not written: logged
     assert path.read_bytes() == before
