@@ -205,7 +205,7 @@ def tree_key(layers: Iterable[LayerRef]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# ---- layer entries ----
+# ---- a layer file's sections: its entries ----
 
 ENTRY_COLUMNS = (  # (attribute, typecode)
     ("mode", "Q"),
@@ -289,7 +289,7 @@ def decode_entries(meta: dict[str, Any], sections: dict[str, bytes]) -> list[Tar
     return entries
 
 
-# ---- gzip seek points ----
+# ---- a layer file's sections: its gzip seek points ----
 
 
 def encode_points(points: SeekPoints, sections: dict[str, bytes]) -> dict[str, Any]:

@@ -355,7 +355,7 @@ class MergedTree:
     sparse maps) sit in dicts keyed by inode number. The builder's objects can then be freed.
     """
 
-    # The columns of INODE_COLUMNS and CHILD_COLUMNS, made from those tables.
+    # Made by __init__ and decode from INODE_COLUMNS and CHILD_COLUMNS, which give the types.
     mode: array[int]
     uid: array[int]
     gid: array[int]
@@ -374,7 +374,7 @@ class MergedTree:
     def __init__(self, root: Node) -> None:
         for attribute, typecode in INODE_COLUMNS:
             setattr(self, attribute, array(typecode, [0]))
-        self.layer[0] = -1  # the placeholder has no data, like every inode but a file's
+        self.layer[0] = -1  # inode 0 has no data, like every inode but a regular file
         for attribute, typecode in CHILD_COLUMNS:
             setattr(self, attribute, array(typecode))
         self.xattrs: dict[int, dict[bytes, bytes]] = {}

@@ -509,3 +509,48 @@ def test_cache_files_are_byte_identical_to_format_version_1(tmp_path: Path) -> N
     layer_file, tree_file = store_fixed_layer_and_tree(tmp_path)
     assert hashlib.sha256(layer_file.read_bytes()).hexdigest() == FIXED_LAYER_FILE_SHA256
     assert hashlib.sha256(tree_file.read_bytes()).hexdigest() == FIXED_TREE_FILE_SHA256
+
+
+def fixed_points() -> tuple[dict[str, object], dict[str, bytes]]:
+    points = SeekPoints(
+        spacing=1 << 20,
+        uncompressed=array.array("Q", [0, 1 << 20]),
+        compressed=array.array("Q", [10, 4000]),
+        bits=b"\x00\x05",
+        window_offsets=array.array("Q", [0, 0, 7]),
+        windows=b"windows",
+        size=3 << 20,
+        compressed_size=9000,
+    )
+    sections: dict[str, bytes] = {}
+    meta = indexcache.encode_points(points, sections)
+    return meta, sections
+
+
+def test_seek_points_round_trip_and_damage_does_not_decode() -> None:
+    meta, sections = fixed_points()
+    points = indexcache.decode_points(meta, sections)
+    assert (list(points.uncompressed), list(points.compressed)) == ([0, 1 << 20], [10, 4000])
+    assert (points.bits, points.windows, points.size) == (b"\x00\x05", b"windows", 3 << 20)
+    damage = {
+        "window bounds": {"points.windows": b"window"},
+        "bad bit counts": {"points.bits": b"\x00\x08"},
+        "do not start at 0": {
+            "points.uncompressed": array.array("Q", [1, 1 << 20]).tobytes(),
+        },
+    }
+    for message, edit in damage.items():
+        with pytest.raises(ValueError, match=message):
+            indexcache.decode_points(meta, {**sections, **edit})
+
+
+def test_entries_round_trip_and_damage_does_not_decode() -> None:
+    entries = list(scan_tar(_Reader(make_tar(awkward_members()))))
+    meta, sections = indexcache.encode_entries(entries)
+    assert indexcache.decode_entries(meta, sections) == entries
+    with pytest.raises(ValueError, match="kind column"):
+        indexcache.decode_entries(meta, {**sections, "entry.kind": sections["entry.kind"][1:]})
+    with pytest.raises(ValueError, match=r"column entry\.uid"):
+        indexcache.decode_entries(meta, {**sections, "entry.uid": sections["entry.uid"][8:]})
+    with pytest.raises(KeyError):
+        indexcache.decode_entries(meta, {**sections, "entry.kind": b"z" * len(entries)})
