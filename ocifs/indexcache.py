@@ -8,31 +8,42 @@ Two kinds of file live under the cache directory (``$XDG_CACHE_HOME/ocifs`` by d
 * ``trees/<hex>``: the merged tree of one sequence of layers, keyed by a hash of their
   digests, so that mounting the same image again needs no merge at all.
 
-Every file is a small header (magic, format version, byte order) and a JSON table of binary
-sections, each with its own SHA-256. A file that is truncated, damaged, of another format
-version, or describing another blob size is reported as ``CacheMiss`` and never trusted; the
-caller indexes again and overwrites it. Writes go to a temporary file that is renamed into
-place, so a reader sees either the old file or the new one, never half of one.
+This module is the policy: where the files go, what they are keyed by, when one is trusted
+(this blob, verified if asked, with what its compression's readers need), and the sections
+of a layer's file (entries and seek points as columns, at the end). Every file is a
+``cachefile`` container, which checks it whole and writes it atomically; a file that is
+missing, damaged or describes another blob is a ``CacheMiss``, never trusted: the caller
+indexes again and overwrites it. The tree encodes itself (``MergedTree.encode``).
 """
 
 from __future__ import annotations
 
 import array
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import stat
-import struct
-import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import tarscan
+from .cachefile import (
+    FORMAT_VERSION,
+    FileSection,
+    column,
+    pack_json,
+    pack_strings,
+    read_file,
+    sparse_from_json,
+    sparse_to_json,
+    unpack_strings,
+    write_file,
+    xattrs_from_json,
+    xattrs_to_json,
+)
+from .cachefile import CacheMiss as CacheMiss  # re-exported: the image catches it from here
 from .gzseek import SeekPoints
 from .layerindex import LayerIndex
 from .layout import LayerRef
@@ -41,10 +52,7 @@ from .tree import MergedTree
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"OCIFSIDX"
-FORMAT_VERSION = 1  # bump whenever the content or meaning of a cached file changes
 SAMPLE_BYTES = 64 << 10
-PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header sha256
 
 KIND_CODES = {
     tarscan.FILE: "f",
@@ -56,10 +64,6 @@ KIND_CODES = {
     tarscan.FIFO: "p",
 }
 KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
-
-
-class CacheMiss(Exception):
-    """The cache has no usable file for this key; the message says why (for the log)."""
 
 
 def default_cache_dir() -> Path:
@@ -157,12 +161,12 @@ class IndexCache:
         if meta.get("layers") != [layer.digest for layer in layers]:
             raise CacheMiss(f"{path} describes other layers")
         try:
-            return decode_tree(meta, sections)
+            return MergedTree.decode(meta, sections)
         except (KeyError, TypeError, ValueError) as error:
             raise CacheMiss(f"{path} is damaged: {error}") from error
 
     def store_tree(self, layers: Sequence[LayerRef], tree: MergedTree) -> None:
-        meta, sections = encode_tree(tree)
+        meta, sections = tree.encode()
         meta["layers"] = [layer.digest for layer in layers]
         self._write(self.tree_path(layers), "tree", meta, sections)
 
@@ -201,177 +205,7 @@ def tree_key(layers: Iterable[LayerRef]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# ---- the file format ----
-
-
-def write_file(
-    path: Path, kind: str, meta: dict[str, Any], sections: dict[str, bytes]
-) -> dict[str, tuple[int, int]]:
-    """Write atomically: a temporary file in the same directory, flushed, then renamed.
-    Returns each section's (offset in the file, length)."""
-    table: list[tuple[str, int, int, str]] = []
-    placed: dict[str, tuple[int, int]] = {}
-    offset = 0
-    for name, data in sections.items():
-        table.append((name, offset, len(data), hashlib.sha256(data).hexdigest()))
-        placed[name] = (offset, len(data))
-        offset += len(data)
-    header = json.dumps(
-        {"kind": kind, "byteorder": sys.byteorder, "meta": meta, "sections": table},
-        separators=(",", ":"),
-    ).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(
-                PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
-            )
-            out.write(header)
-            for data in sections.values():
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    base = PREAMBLE.size + len(header)
-    return {name: (base + start, length) for name, (start, length) in placed.items()}
-
-
-def read_file(
-    path: Path, kind: str, wanted: set[str] | None, lazy: frozenset[str] = frozenset()
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The meta and the sections of a cache file, all checked: every section, or those whose
-    group (the part of the name before the first dot) is ``wanted``."""
-    try:
-        with open(path, "rb") as source:
-            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-                raise CacheMiss(f"{path} is not a regular file")
-            preamble = source.read(PREAMBLE.size)
-            if len(preamble) != PREAMBLE.size:
-                raise CacheMiss(f"{path} is truncated")
-            magic, version, header_length, header_hash = PREAMBLE.unpack(preamble)
-            if magic != MAGIC:
-                raise CacheMiss(f"{path} is not an ocifs index")
-            if version != FORMAT_VERSION:
-                raise CacheMiss(f"{path} has format version {version}, not {FORMAT_VERSION}")
-            header = source.read(header_length)
-            if len(header) != header_length or hashlib.sha256(header).digest() != header_hash:
-                raise CacheMiss(f"{path} has a damaged header")
-            try:
-                parsed = json.loads(header)
-                if parsed["kind"] != kind or parsed["byteorder"] != sys.byteorder:
-                    raise CacheMiss(f"{path} is not a {kind} index for this machine")
-                meta = parsed["meta"]
-                table = parsed["sections"]
-                base = PREAMBLE.size + header_length
-                sections: dict[str, Any] = {}
-                for name, offset, length, digest in table:
-                    if wanted is not None and name.split(".", 1)[0] not in wanted:
-                        continue
-                    source.seek(base + offset)
-                    if name in lazy:  # checked now, read again when needed
-                        if hash_stream(source, length) != digest:
-                            raise CacheMiss(f"{path} is damaged (section {name})")
-                        sections[name] = FileSection(path, base + offset, length)
-                        continue
-                    data = source.read(length)
-                    if len(data) != length:
-                        raise CacheMiss(f"{path} is truncated")
-                    if hashlib.sha256(data).hexdigest() != digest:
-                        raise CacheMiss(f"{path} is damaged (section {name})")
-                    sections[name] = data
-                # the file must end where the table says: more or less is damage
-                end = base + sum(entry[2] for entry in table)
-                if os.fstat(source.fileno()).st_size != end:
-                    raise CacheMiss(f"{path} has the wrong length")
-            except (KeyError, TypeError, ValueError) as error:
-                raise CacheMiss(f"{path} has a damaged header: {error}") from error
-    except FileNotFoundError:
-        raise CacheMiss(f"{path} does not exist") from None
-    except OSError as error:
-        raise CacheMiss(f"cannot read {path}: {error.strerror or error}") from error
-    if not isinstance(meta, dict):
-        raise CacheMiss(f"{path} has a damaged header")
-    return meta, sections
-
-
-def hash_stream(source: BinaryIO, length: int) -> str | None:
-    """SHA-256 of the next ``length`` bytes, or None if the file ends first."""
-    hasher = hashlib.sha256()
-    while length:
-        chunk = source.read(min(length, 1 << 20))
-        if not chunk:
-            return None
-        hasher.update(chunk)
-        length -= len(chunk)
-    return hasher.hexdigest()
-
-
-class FileSection:
-    """A section of a cache file left on disk and read by slices when needed.
-
-    The seek-point windows of a big image are tens of MB that a mount touches a little at a
-    time; read on demand, they cost the daemon no memory. The file is opened again rather
-    than mapped: a cache file damaged under a live mount then fails a read (EIO) instead of
-    killing the daemon with SIGBUS. A replaced file is no problem: the open one stays.
-    """
-
-    def __init__(self, path: Path, start: int, length: int) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.start = start
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: slice, /) -> bytes:
-        start, stop, step = index.indices(self.length)
-        if step != 1:
-            raise ValueError("FileSection slices have no step")
-        return os.pread(self.fd, max(0, stop - start), self.start + start)
-
-    def __bytes__(self) -> bytes:
-        return self[0 : self.length]
-
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            os.close(self.fd)
-
-
-def column(sections: dict[str, bytes], name: str, typecode: str, length: int) -> array.array[Any]:
-    values = array.array(typecode)
-    values.frombytes(sections[name])
-    if len(values) != length:
-        raise ValueError(f"column {name} has {len(values)} values, not {length}")
-    return values
-
-
-def pack_strings(strings: Iterable[bytes]) -> tuple[bytes, bytes]:
-    """Strings back to back, and the end of each as a 'Q' column."""
-    blob = bytearray()
-    ends = array.array("Q")
-    for value in strings:
-        blob += value
-        ends.append(len(blob))
-    return bytes(blob), ends.tobytes()
-
-
-def unpack_strings(blob: bytes, ends: array.array[Any]) -> list[bytes]:
-    strings = []
-    start = 0
-    for end in ends:
-        if end < start or end > len(blob):
-            raise ValueError("string bounds out of order")
-        strings.append(blob[start:end])
-        start = end
-    return strings
-
-
-# ---- layer entries ----
+# ---- a layer file's sections: its entries ----
 
 ENTRY_COLUMNS = (  # (attribute, typecode)
     ("mode", "Q"),
@@ -399,12 +233,10 @@ def encode_entries(entries: list[TarEntry]) -> tuple[dict[str, Any], dict[str, b
     for number, entry in enumerate(entries):
         if entry.xattrs is not None or entry.sparse is not None:
             extras[str(number)] = {
-                "xattrs": None
-                if entry.xattrs is None
-                else [[key.hex(), value.hex()] for key, value in entry.xattrs.items()],
-                "sparse": None if entry.sparse is None else [list(s) for s in entry.sparse],
+                "xattrs": None if entry.xattrs is None else xattrs_to_json(entry.xattrs),
+                "sparse": None if entry.sparse is None else sparse_to_json(entry.sparse),
             }
-    sections["entry.extras"] = json.dumps(extras, separators=(",", ":")).encode()
+    sections["entry.extras"] = pack_json(extras)
     return {"count": len(entries)}, sections
 
 
@@ -451,13 +283,13 @@ def decode_entries(meta: dict[str, Any], sections: dict[str, bytes]) -> list[Tar
     for number, extra in extras.items():
         entry = entries[int(number)]
         if extra["xattrs"] is not None:
-            entry.xattrs = {bytes.fromhex(k): bytes.fromhex(v) for k, v in extra["xattrs"]}
+            entry.xattrs = xattrs_from_json(extra["xattrs"])
         if extra["sparse"] is not None:
-            entry.sparse = tuple((int(a), int(b)) for a, b in extra["sparse"])
+            entry.sparse = sparse_from_json(extra["sparse"])
     return entries
 
 
-# ---- gzip seek points ----
+# ---- a layer file's sections: its gzip seek points ----
 
 
 def encode_points(points: SeekPoints, sections: dict[str, bytes]) -> dict[str, Any]:
@@ -495,72 +327,4 @@ def decode_points(meta: dict[str, Any], sections: dict[str, bytes]) -> SeekPoint
         windows=windows,
         size=int(meta["size"]),
         compressed_size=int(meta["compressed_size"]),
-    )
-
-
-# ---- merged trees ----
-
-TREE_COLUMNS = (  # MergedTree attribute, typecode
-    ("mode", "I"),
-    ("uid", "I"),
-    ("gid", "I"),
-    ("mtime_ns", "q"),
-    ("size", "Q"),
-    ("rdev", "Q"),
-    ("nlink", "I"),
-    ("layer", "i"),
-    ("offset", "Q"),
-    ("parent", "I"),
-    ("first_child", "I"),
-    ("child_count", "I"),
-)
-
-
-def encode_tree(tree: MergedTree) -> tuple[dict[str, Any], dict[str, bytes]]:
-    sections = {f"tree.{name}": getattr(tree, name).tobytes() for name, _ in TREE_COLUMNS}
-    sections["tree.child_ino"] = tree.child_ino.tobytes()
-    sections["tree.child_name"] = tree.child_name.tobytes()
-    sections["tree.names"] = tree.names
-    sections["tree.targets"] = tree.targets
-    extras = {
-        "xattrs": {
-            str(ino): [[k.hex(), v.hex()] for k, v in xattrs.items()]
-            for ino, xattrs in tree.xattrs.items()
-        },
-        "sparse": {str(ino): [list(s) for s in sparse] for ino, sparse in tree.sparse.items()},
-    }
-    sections["tree.extras"] = json.dumps(extras, separators=(",", ":")).encode()
-    meta = {
-        "inodes": len(tree.mode),
-        "children": len(tree.child_ino),
-        "file_bytes": tree.file_bytes,
-    }
-    return meta, sections
-
-
-def decode_tree(meta: dict[str, Any], sections: dict[str, bytes]) -> MergedTree:
-    inodes = int(meta["inodes"])
-    children = int(meta["children"])
-    columns = {name: column(sections, f"tree.{name}", code, inodes) for name, code in TREE_COLUMNS}
-    child_ino = column(sections, "tree.child_ino", "I", children)
-    child_name = column(sections, "tree.child_name", "Q", children + 1)
-    names = sections["tree.names"]
-    targets = sections["tree.targets"]
-    # Cheap structural checks, so a damaged file cannot send a lookup out of bounds.
-    if child_name[-1] != len(names) or any(ino == 0 or ino >= inodes for ino in child_ino):
-        raise ValueError("child table out of bounds")
-    for first, count in zip(columns["first_child"], columns["child_count"], strict=True):
-        if first + count > children:
-            raise ValueError("directory run out of bounds")
-    extras = json.loads(sections["tree.extras"])
-    xattrs = {
-        int(ino): {bytes.fromhex(k): bytes.fromhex(v) for k, v in pairs}
-        for ino, pairs in extras["xattrs"].items()
-    }
-    sparse = {
-        int(ino): tuple((int(a), int(b)) for a, b in segments)
-        for ino, segments in extras["sparse"].items()
-    }
-    return MergedTree.from_columns(
-        columns, child_ino, child_name, names, targets, xattrs, sparse, int(meta["file_bytes"])
     )

@@ -6,10 +6,12 @@ is applied to the tree as the lower layers left it, then every other entry in ar
 Paths are resolved inside the tree only, never through symlinks and never on the host (P4).
 After the last layer, ``freeze`` numbers the inodes (fixed for the life of the mount; hardlinks
 share one) and packs the tree into a few typed columns, so that the builder's objects can go.
+The frozen tree also turns itself into cache-file sections and back (``encode``, ``decode``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from array import array
@@ -18,6 +20,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .cachefile import (
+    column,
+    pack_json,
+    sparse_from_json,
+    sparse_to_json,
+    xattrs_from_json,
+    xattrs_to_json,
+)
 from .errors import MergeError
 from .tarscan import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
 
@@ -315,6 +325,27 @@ class Inode(NamedTuple):
         return stat.S_ISDIR(self.mode)
 
 
+# Every array of a MergedTree, with its typecode; the index cache stores them in this order.
+INODE_COLUMNS = (  # column[ino]; ino 0 is a placeholder
+    ("mode", "I"),
+    ("uid", "I"),
+    ("gid", "I"),
+    ("mtime_ns", "q"),
+    ("size", "Q"),
+    ("rdev", "Q"),
+    ("nlink", "I"),
+    ("layer", "i"),
+    ("offset", "Q"),
+    ("parent", "I"),
+    ("first_child", "I"),
+    ("child_count", "I"),
+)
+CHILD_COLUMNS = (  # column[position in the child table]
+    ("child_ino", "I"),
+    ("child_name", "Q"),  # one more than the children: where the last name ends
+)
+
+
 class MergedTree:
     """The finished tree, compact: inode attributes in typed columns indexed by inode number.
 
@@ -324,21 +355,28 @@ class MergedTree:
     sparse maps) sit in dicts keyed by inode number. The builder's objects can then be freed.
     """
 
+    # Made by __init__ and decode from INODE_COLUMNS and CHILD_COLUMNS, which give the types.
+    mode: array[int]
+    uid: array[int]
+    gid: array[int]
+    mtime_ns: array[int]
+    size: array[int]
+    rdev: array[int]
+    nlink: array[int]
+    layer: array[int]  # layer whose blob holds a regular file's data, -1 for none
+    offset: array[int]  # data offset; for a symlink, its text's place in targets
+    parent: array[int]  # a directory's parent
+    first_child: array[int]  # a directory's run in the child columns
+    child_count: array[int]
+    child_ino: array[int]
+    child_name: array[int]  # start of each child's name in names
+
     def __init__(self, root: Node) -> None:
-        self.mode = array("I", [0])  # column[ino]; 0 is not an inode number
-        self.uid = array("I", [0])
-        self.gid = array("I", [0])
-        self.mtime_ns = array("q", [0])
-        self.size = array("Q", [0])
-        self.rdev = array("Q", [0])
-        self.nlink = array("I", [0])
-        self.layer = array("i", [-1])
-        self.offset = array("Q", [0])  # data offset; for a symlink, its text's place in targets
-        self.parent = array("I", [0])  # a directory's parent
-        self.first_child = array("I", [0])  # a directory's run in the child columns
-        self.child_count = array("I", [0])
-        self.child_ino = array("I")
-        self.child_name = array("Q")  # start of each child's name in names; one more at end
+        for attribute, typecode in INODE_COLUMNS:
+            setattr(self, attribute, array(typecode, [0]))
+        self.layer[0] = -1  # inode 0 has no data, like every inode but a regular file
+        for attribute, typecode in CHILD_COLUMNS:
+            setattr(self, attribute, array(typecode))
         self.xattrs: dict[int, dict[bytes, bytes]] = {}
         self.sparse: dict[int, tuple[tuple[int, int], ...]] = {}
         self.file_bytes = 0
@@ -376,29 +414,52 @@ class MergedTree:
         self.names = bytes(names)
         self.targets = bytes(targets)
 
+    def encode(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The tree as a cache file's meta and sections (``decode`` reads them back)."""
+        sections = {
+            f"tree.{attribute}": getattr(self, attribute).tobytes()
+            for attribute, _ in (*INODE_COLUMNS, *CHILD_COLUMNS)
+        }
+        sections["tree.names"] = self.names
+        sections["tree.targets"] = self.targets
+        extras = {
+            "xattrs": {str(ino): xattrs_to_json(xattrs) for ino, xattrs in self.xattrs.items()},
+            "sparse": {str(ino): sparse_to_json(sparse) for ino, sparse in self.sparse.items()},
+        }
+        sections["tree.extras"] = pack_json(extras)
+        meta = {
+            "inodes": len(self.mode),
+            "children": len(self.child_ino),
+            "file_bytes": self.file_bytes,
+        }
+        return meta, sections
+
     @classmethod
-    def from_columns(
-        cls,
-        columns: dict[str, array[Any]],
-        child_ino: array[int],
-        child_name: array[int],
-        names: bytes,
-        targets: bytes,
-        xattrs: dict[int, dict[bytes, bytes]],
-        sparse: dict[int, tuple[tuple[int, int], ...]],
-        file_bytes: int,
-    ) -> MergedTree:
-        """A tree from the columns of another one (as the index cache stored them)."""
+    def decode(cls, meta: dict[str, Any], sections: dict[str, bytes]) -> MergedTree:
+        """The tree ``encode`` wrote; KeyError, TypeError or ValueError if it is damaged."""
+        inodes = int(meta["inodes"])
+        children = int(meta["children"])
+        lengths = {"child_ino": children, "child_name": children + 1}
         tree = cls.__new__(cls)
-        for name, values in columns.items():
-            setattr(tree, name, values)
-        tree.child_ino = child_ino
-        tree.child_name = child_name
-        tree.names = names
-        tree.targets = targets
-        tree.xattrs = xattrs
-        tree.sparse = sparse
-        tree.file_bytes = file_bytes
+        for attribute, typecode in (*INODE_COLUMNS, *CHILD_COLUMNS):
+            length = lengths.get(attribute, inodes)
+            setattr(tree, attribute, column(sections, f"tree.{attribute}", typecode, length))
+        tree.names = sections["tree.names"]
+        tree.targets = sections["tree.targets"]
+        # Cheap structural checks, so a damaged file cannot send a lookup out of bounds.
+        if tree.child_name[-1] != len(tree.names) or any(
+            ino == 0 or ino >= inodes for ino in tree.child_ino
+        ):
+            raise ValueError("child table out of bounds")
+        for first, count in zip(tree.first_child, tree.child_count, strict=True):
+            if first + count > children:
+                raise ValueError("directory run out of bounds")
+        extras = json.loads(sections["tree.extras"])
+        tree.xattrs = {int(ino): xattrs_from_json(pairs) for ino, pairs in extras["xattrs"].items()}
+        tree.sparse = {
+            int(ino): sparse_from_json(segments) for ino, segments in extras["sparse"].items()
+        }
+        tree.file_bytes = int(meta["file_bytes"])
         return tree
 
     def _add_inode(self, node: Node, ino: int, parent: int, targets: bytearray) -> None:

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import array
 import gzip
 import hashlib
 import json
 import logging
 import os
 import struct
+import sys
 from pathlib import Path
 
 import pytest
 from tarbuild import Member, d, f, link, make_tar, sym
 
-from ocifs import indexcache
+from ocifs import cachefile, indexcache, tarscan
+from ocifs.cachefile import CacheMiss, read_file
 from ocifs.errors import LayerError
+from ocifs.gzseek import SeekPoints
 from ocifs.image import LoadReport, load_image
-from ocifs.indexcache import CacheMiss, IndexCache, read_file
-from ocifs.layerindex import index_layer
+from ocifs.indexcache import IndexCache
+from ocifs.layerindex import LayerIndex, index_layer
 from ocifs.layerread import BlockCache, DamagedLayer, open_reader
 from ocifs.layout import LayerRef, ResolvedImage
 from ocifs.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TAR, Compression
 from ocifs.ocibuild import sha256_digest
-from ocifs.tarscan import scan_tar
+from ocifs.tarscan import TarEntry, scan_tar
 from ocifs.tree import TreeBuilder
 
 
@@ -234,8 +238,8 @@ def test_damaged_cache_file_is_ignored_and_rebuilt(
     layer = resolved.layers[0]
     path = cache.layer_path(layer.digest)
     data = path.read_bytes()
-    preamble = indexcache.PREAMBLE.size
-    _, _, header_length, _ = indexcache.PREAMBLE.unpack(data[:preamble])
+    preamble = cachefile.PREAMBLE.size
+    _, _, header_length, _ = cachefile.PREAMBLE.unpack(data[:preamble])
     if case == "truncated-preamble":
         path.write_bytes(data[:10])
     elif case == "truncated-header":
@@ -303,7 +307,7 @@ def test_write_is_atomic_and_leaves_no_temporary_files(
     def fail(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(indexcache.os, "replace", fail)
+    monkeypatch.setattr("ocifs.cachefile.os.replace", fail)
     indexed = index_layer(resolved.layers[0])
     assert cache.store_layer(resolved.layers[0], indexed) is indexed  # not written: logged
     assert path.read_bytes() == before
@@ -349,11 +353,11 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
     cache = IndexCache(tmp_path / "cache")
     indexed = index_layer(layer, spacing=256 << 10)
     stored = cache.store_layer(layer, indexed)
-    assert stored.points is not None and isinstance(stored.points.windows, indexcache.FileSection)
+    assert stored.points is not None and isinstance(stored.points.windows, cachefile.FileSection)
     found = cache.load_layer(layer, verify=True, with_entries=False)
     assert found is not None
     points = found.points
-    assert points is not None and isinstance(points.windows, indexcache.FileSection)
+    assert points is not None and isinstance(points.windows, cachefile.FileSection)
     entry = indexed.entries[0]
     reader = open_reader(layer, points, BlockCache(1 << 20))
     try:
@@ -367,3 +371,186 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
         assert reader.pread(entry.data_offset, 100) == data[:100]  # the first point has none
     finally:
         reader.close()
+
+
+# The sha256 of the two cache files that ``store_fixed_layer_and_tree`` writes, taken from the
+# code as it was before the format's code was split up (commit e090620). The format is
+# FORMAT_VERSION 1; if these change, so must FORMAT_VERSION, or old caches are misread.
+FIXED_LAYER_FILE_SHA256 = "2313689bf0e624d80b9b81f7cb710d237f349cf63f7b36c2d989aac4f361fa3c"
+FIXED_TREE_FILE_SHA256 = "085b95adcd1cc5e018bad718b291c9277755b0a96c8e8edd964f786cfa7fe963"
+FIXED_MTIME_NS = 1_700_000_000_123_456_789
+
+
+def fixed_entry(
+    path: bytes,
+    kind: str,
+    mode: int = 0o644,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    mtime_ns: int = FIXED_MTIME_NS,
+    size: int = 0,
+    linkname: bytes = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
+    xattrs: dict[bytes, bytes] | None = None,
+    data_offset: int = 0,
+    sparse: tuple[tuple[int, int], ...] | None = None,
+    header_offset: int = 0,
+) -> TarEntry:
+    return TarEntry(
+        path,
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+        size,
+        linkname,
+        devmajor,
+        devminor,
+        xattrs,
+        data_offset,
+        sparse,
+        header_offset,
+    )
+
+
+def store_fixed_layer_and_tree(root: Path) -> tuple[Path, Path]:
+    """Store one layer index and one merged tree built from fixed values only (no tarfile,
+    no zlib, whose output may vary between versions), covering every column: each entry
+    kind, xattrs, a sparse map, 32-bit ids, a negative mtime, seek points with a window."""
+    lower = [
+        fixed_entry(b"etc", tarscan.DIR, 0o755),
+        fixed_entry(
+            b"etc/passwd",
+            tarscan.FILE,
+            size=27,
+            xattrs={b"user.note": b"\x00\xff", b"security.capability": b"\x01\x00\x00\x02"},
+            data_offset=1536,
+            header_offset=1024,
+        ),
+        fixed_entry(
+            b"etc/shadow", tarscan.FILE, 0o640, gid=42, size=6, data_offset=2560, header_offset=2048
+        ),
+        fixed_entry(
+            b"etc/localtime",
+            tarscan.SYMLINK,
+            0o777,
+            linkname=b"/usr/share/zoneinfo/UTC",
+            header_offset=3072,
+        ),
+        fixed_entry(
+            b"etc/passwd-link", tarscan.HARDLINK, linkname=b"etc/passwd", header_offset=3584
+        ),
+        fixed_entry(b"dev/null", tarscan.CHAR, 0o666, devmajor=1, devminor=3, header_offset=4096),
+        fixed_entry(b"dev/sda", tarscan.BLOCK, 0o660, devmajor=8, devminor=0, header_offset=4608),
+        fixed_entry(b"run/fifo", tarscan.FIFO, header_offset=5120),
+        fixed_entry(
+            b"var/sparse",
+            tarscan.FILE,
+            size=1 << 20,
+            data_offset=6144,
+            sparse=((0, 10), (65536, 20)),
+            header_offset=5632,
+        ),
+        fixed_entry(
+            b"big-ids",
+            tarscan.FILE,
+            uid=2**32 - 2,
+            gid=2**31,
+            mtime_ns=-1,
+            data_offset=7168,
+            header_offset=6656,
+        ),
+    ]
+    upper = [
+        fixed_entry(b"etc/.wh.shadow", tarscan.FILE),
+        fixed_entry(b"etc/new", tarscan.FILE, size=3, data_offset=1024, header_offset=512),
+        fixed_entry(b"etc", tarscan.DIR, 0o700, xattrs={b"user.dir": b"up"}, header_offset=1536),
+    ]
+    blob = b"ocifs golden blob\n" * 5000
+    (root / "blob").write_bytes(blob)
+    gzip_layer = Compression("gzip")
+    layer = LayerRef(
+        0,
+        sha256_digest(blob),
+        len(blob),
+        OCI_LAYER_GZIP,
+        gzip_layer,
+        "sha256:" + "2" * 64,
+        root / "blob",
+    )
+    points = SeekPoints(
+        spacing=1 << 20,
+        uncompressed=array.array("Q", [0, 1 << 20]),
+        compressed=array.array("Q", [10, 4000]),
+        bits=b"\x00\x05",
+        window_offsets=array.array("Q", [0, 0, 7]),
+        windows=b"windows",
+        size=3 << 20,
+        compressed_size=len(blob),
+    )
+    cache = IndexCache(root / "cache")
+    cache.store_layer(layer, LayerIndex(lower, points, 8192, True))
+    builder = TreeBuilder()
+    builder.apply_layer(0, lower)
+    builder.apply_layer(1, upper)
+    upper_layer = LayerRef(
+        1, "sha256:" + "3" * 64, 10, OCI_LAYER_GZIP, gzip_layer, "sha256:" + "4" * 64, root / "blob"
+    )
+    cache.store_tree([layer, upper_layer], builder.freeze())
+    return cache.layer_path(layer.digest), cache.tree_path([layer, upper_layer])
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the digests were taken on little-endian")
+def test_cache_files_are_byte_identical_to_format_version_1(tmp_path: Path) -> None:
+    """The on-disk format is pinned: the same input gives the same bytes as before."""
+    layer_file, tree_file = store_fixed_layer_and_tree(tmp_path)
+    assert hashlib.sha256(layer_file.read_bytes()).hexdigest() == FIXED_LAYER_FILE_SHA256
+    assert hashlib.sha256(tree_file.read_bytes()).hexdigest() == FIXED_TREE_FILE_SHA256
+
+
+def fixed_points() -> tuple[dict[str, object], dict[str, bytes]]:
+    points = SeekPoints(
+        spacing=1 << 20,
+        uncompressed=array.array("Q", [0, 1 << 20]),
+        compressed=array.array("Q", [10, 4000]),
+        bits=b"\x00\x05",
+        window_offsets=array.array("Q", [0, 0, 7]),
+        windows=b"windows",
+        size=3 << 20,
+        compressed_size=9000,
+    )
+    sections: dict[str, bytes] = {}
+    meta = indexcache.encode_points(points, sections)
+    return meta, sections
+
+
+def test_seek_points_round_trip_and_damage_does_not_decode() -> None:
+    meta, sections = fixed_points()
+    points = indexcache.decode_points(meta, sections)
+    assert (list(points.uncompressed), list(points.compressed)) == ([0, 1 << 20], [10, 4000])
+    assert (points.bits, points.windows, points.size) == (b"\x00\x05", b"windows", 3 << 20)
+    damage = {
+        "window bounds": {"points.windows": b"window"},
+        "bad bit counts": {"points.bits": b"\x00\x08"},
+        "do not start at 0": {
+            "points.uncompressed": array.array("Q", [1, 1 << 20]).tobytes(),
+        },
+    }
+    for message, edit in damage.items():
+        with pytest.raises(ValueError, match=message):
+            indexcache.decode_points(meta, {**sections, **edit})
+
+
+def test_entries_round_trip_and_damage_does_not_decode() -> None:
+    entries = list(scan_tar(_Reader(make_tar(awkward_members()))))
+    meta, sections = indexcache.encode_entries(entries)
+    assert indexcache.decode_entries(meta, sections) == entries
+    with pytest.raises(ValueError, match="kind column"):
+        indexcache.decode_entries(meta, {**sections, "entry.kind": sections["entry.kind"][1:]})
+    with pytest.raises(ValueError, match=r"column entry\.uid"):
+        indexcache.decode_entries(meta, {**sections, "entry.uid": sections["entry.uid"][8:]})
+    with pytest.raises(KeyError):
+        indexcache.decode_entries(meta, {**sections, "entry.kind": b"z" * len(entries)})

@@ -5,15 +5,27 @@ Each test names the conformance lines (M, W, H, A, P) it pins.
 
 from __future__ import annotations
 
+import array
+import dataclasses
 import io
 import stat
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
 
 from ocifs.errors import MergeError
 from ocifs.tarscan import scan_tar
-from ocifs.tree import Inode, MergedTree, TreeBuilder, make_rdev, split_path
+from ocifs.tree import (
+    CHILD_COLUMNS,
+    INODE_COLUMNS,
+    Inode,
+    MergedTree,
+    TreeBuilder,
+    make_rdev,
+    split_path,
+)
 
 
 def merge(*layers: list[Member]) -> MergedTree:
@@ -309,3 +321,115 @@ def test_lookup_and_children_of_a_large_directory() -> None:
 def test_a4_owner_beyond_32_bits_is_an_error() -> None:
     with pytest.raises(MergeError, match="does not fit in 32 bits"):
         merge([f("x", uid=2**32)])
+
+
+def encodable_tree() -> MergedTree:
+    """A tree with every extra the encoding carries: hardlinks, xattrs, a sparse map, a
+    symlink text, devices, and a file of a second layer."""
+    lower = list(
+        scan_tar(
+            io.BytesIO(
+                make_tar(
+                    [
+                        d("etc", pax={"SCHILY.xattr.user.dir": "yes"}),
+                        f("etc/passwd", b"root", pax={"SCHILY.xattr.user.x": "\x00\xff"}),
+                        link("etc/passwd-link", "etc/passwd"),
+                        sym("etc/localtime", "/usr/share/zoneinfo/UTC"),
+                        Member("dev/null", "char", devmajor=1, devminor=3),
+                        f("var/holes", b"0123456789"),
+                    ]
+                )
+            )
+        )
+    )
+    holes = next(n for n, entry in enumerate(lower) if entry.path == b"var/holes")
+    lower[holes] = dataclasses.replace(lower[holes], size=1 << 20, sparse=((0, 5), (4096, 5)))
+    builder = TreeBuilder()
+    builder.apply_layer(0, lower)
+    builder.apply_layer(1, scan_tar(io.BytesIO(make_tar([wh("etc/localtime"), f("new", b"n")]))))
+    return builder.freeze()
+
+
+def test_encoded_tree_decodes_to_the_same_tree() -> None:
+    tree = encodable_tree()
+    meta, sections = tree.encode()
+    again = MergedTree.decode(meta, sections)
+    assert [(p, tuple(i)) for p, i in again.walk()] == [(p, tuple(i)) for p, i in tree.walk()]
+    for attribute, typecode in (*INODE_COLUMNS, *CHILD_COLUMNS):
+        assert getattr(again, attribute) == getattr(tree, attribute), attribute
+        assert getattr(again, attribute).typecode == typecode, attribute
+    assert (again.names, again.targets) == (tree.names, tree.targets)
+    assert again.xattrs == tree.xattrs and len(again.xattrs) == 2
+    assert again.sparse == tree.sparse == {node(tree, "var/holes").ino: ((0, 5), (4096, 5))}
+    assert again.file_bytes == tree.file_bytes
+    assert node(again, "etc/passwd-link").nlink == 2
+    assert node(again, "new").layer == 1
+
+
+def test_the_column_tables_make_the_arrays_and_the_sections() -> None:
+    """One table says each column's typecode: the tree's arrays and its sections follow it."""
+    tree = encodable_tree()
+    meta, sections = tree.encode()
+    assert meta == {
+        "inodes": len(tree) + 1,
+        "children": len(tree.child_ino),
+        "file_bytes": tree.file_bytes,
+    }
+    columns = [f"tree.{attribute}" for attribute, _ in (*INODE_COLUMNS, *CHILD_COLUMNS)]
+    assert list(sections) == [*columns, "tree.names", "tree.targets", "tree.extras"]
+    for attribute, typecode in INODE_COLUMNS:
+        values = getattr(tree, attribute)
+        assert values.typecode == typecode and len(values) == len(tree) + 1, attribute
+    for attribute, typecode in CHILD_COLUMNS:
+        assert getattr(tree, attribute).typecode == typecode, attribute
+    assert len(tree.child_name) == len(tree.child_ino) + 1
+    assert tree.layer[0] == -1 and tree.mode[0] == 0  # the placeholder of inode 0
+
+
+def damaged(edit: Callable[[dict[str, Any], dict[str, bytes]], None]) -> MergedTree:
+    meta, sections = encodable_tree().encode()
+    edit(meta, sections)
+    return MergedTree.decode(meta, sections)
+
+
+def set_column(sections: dict[str, bytes], attribute: str, index: int, value: int) -> None:
+    typecode = dict((*INODE_COLUMNS, *CHILD_COLUMNS))[attribute]
+    values = array.array(typecode, sections[f"tree.{attribute}"])
+    values[index] = value
+    sections[f"tree.{attribute}"] = values.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (lambda m, s: s.update({"tree.uid": s["tree.uid"][:-4]}), ValueError, "column tree.uid"),
+        (lambda m, s: m.update({"children": m["children"] + 1}), ValueError, "tree.child_ino"),
+        (lambda m, s: set_column(s, "child_ino", 0, 0), ValueError, "child table"),
+        (lambda m, s: set_column(s, "child_ino", 0, 10**6), ValueError, "child table"),
+        (lambda m, s: s.update({"tree.names": s["tree.names"] + b"x"}), ValueError, "child table"),
+        (lambda m, s: set_column(s, "child_count", 1, 10**6), ValueError, "directory run"),
+        (lambda m, s: s.pop("tree.targets"), KeyError, "tree.targets"),
+        (lambda m, s: s.update({"tree.extras": b"{"}), ValueError, "Expecting"),
+        (lambda m, s: m.pop("file_bytes"), KeyError, "file_bytes"),
+    ],
+    ids=[
+        "short-column",
+        "children-miscounted",
+        "child-is-inode-0",
+        "child-past-the-last-inode",
+        "names-longer-than-the-table",
+        "directory-run-past-the-table",
+        "section-missing",
+        "extras-not-json",
+        "meta-missing",
+    ],
+)
+def test_damaged_sections_do_not_decode(
+    edit: Callable[[dict[str, Any], dict[str, bytes]], None],
+    error: type[Exception],
+    message: str,
+) -> None:
+    """Damage that the container's hashes cannot see (a wrong but well-formed file) still
+    cannot give a tree whose lookups run out of bounds."""
+    with pytest.raises(error, match=message):
+        damaged(edit)

@@ -1,0 +1,234 @@
+"""The index cache's file container: one checked file, written atomically, read back or refused.
+
+A file is a preamble (magic, format version, header length, header SHA-256), a JSON header
+(the file's kind, the machine's byte order, the caller's meta, and a table of sections) and
+the sections' bytes back to back, each with its own SHA-256 in the table. ``read_file``
+checks all of it and raises ``CacheMiss`` with the reason on anything short of a perfect
+file: missing, truncated, damaged, of another format version, kind or byte order, or of the
+wrong length. ``write_file`` goes through a temporary file renamed into place, so a reader
+sees either the old file or the new one, never half of one.
+
+The column helpers at the end turn typed arrays, strings and the few values kept as JSON
+into sections and back; what the sections mean is the business of whoever writes them.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat
+import struct
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"OCIFSIDX"
+FORMAT_VERSION = 1  # bump whenever the content or meaning of a cached file changes
+PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header sha256
+
+
+class CacheMiss(Exception):
+    """The cache has no usable file for this key; the message says why (for the log)."""
+
+
+def write_file(
+    path: Path, kind: str, meta: dict[str, Any], sections: dict[str, bytes]
+) -> dict[str, tuple[int, int]]:
+    """Write atomically: a temporary file in the same directory, flushed, then renamed.
+    Returns each section's (offset in the file, length)."""
+    table: list[tuple[str, int, int, str]] = []
+    placed: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for name, data in sections.items():
+        table.append((name, offset, len(data), hashlib.sha256(data).hexdigest()))
+        placed[name] = (offset, len(data))
+        offset += len(data)
+    header = pack_json({"kind": kind, "byteorder": sys.byteorder, "meta": meta, "sections": table})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(
+                PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
+            )
+            out.write(header)
+            for data in sections.values():
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    base = PREAMBLE.size + len(header)
+    return {name: (base + start, length) for name, (start, length) in placed.items()}
+
+
+def read_file(
+    path: Path, kind: str, wanted: set[str] | None, lazy: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The meta and the sections of a cache file, all checked: every section, or those whose
+    group (the part of the name before the first dot) is ``wanted``. A section named in
+    ``lazy`` is checked now but left on disk, as a ``FileSection``."""
+    try:
+        with open(path, "rb") as source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise CacheMiss(f"{path} is not a regular file")
+            preamble = source.read(PREAMBLE.size)
+            if len(preamble) != PREAMBLE.size:
+                raise CacheMiss(f"{path} is truncated")
+            magic, version, header_length, header_hash = PREAMBLE.unpack(preamble)
+            if magic != MAGIC:
+                raise CacheMiss(f"{path} is not an ocifs index")
+            if version != FORMAT_VERSION:
+                raise CacheMiss(f"{path} has format version {version}, not {FORMAT_VERSION}")
+            header = source.read(header_length)
+            if len(header) != header_length or hashlib.sha256(header).digest() != header_hash:
+                raise CacheMiss(f"{path} has a damaged header")
+            try:
+                parsed = json.loads(header)
+                if parsed["kind"] != kind or parsed["byteorder"] != sys.byteorder:
+                    raise CacheMiss(f"{path} is not a {kind} index for this machine")
+                meta = parsed["meta"]
+                table = parsed["sections"]
+                base = PREAMBLE.size + header_length
+                sections: dict[str, Any] = {}
+                for name, offset, length, digest in table:
+                    if wanted is not None and name.split(".", 1)[0] not in wanted:
+                        continue
+                    source.seek(base + offset)
+                    if name in lazy:  # checked now, read again when needed
+                        if hash_stream(source, length) != digest:
+                            raise CacheMiss(f"{path} is damaged (section {name})")
+                        sections[name] = FileSection(path, base + offset, length)
+                        continue
+                    data = source.read(length)
+                    if len(data) != length:
+                        raise CacheMiss(f"{path} is truncated")
+                    if hashlib.sha256(data).hexdigest() != digest:
+                        raise CacheMiss(f"{path} is damaged (section {name})")
+                    sections[name] = data
+                # the file must end where the table says: more or less is damage
+                end = base + sum(entry[2] for entry in table)
+                if os.fstat(source.fileno()).st_size != end:
+                    raise CacheMiss(f"{path} has the wrong length")
+            except (KeyError, TypeError, ValueError) as error:
+                raise CacheMiss(f"{path} has a damaged header: {error}") from error
+    except FileNotFoundError:
+        raise CacheMiss(f"{path} does not exist") from None
+    except OSError as error:
+        raise CacheMiss(f"cannot read {path}: {error.strerror or error}") from error
+    if not isinstance(meta, dict):
+        raise CacheMiss(f"{path} has a damaged header")
+    return meta, sections
+
+
+def hash_stream(source: BinaryIO, length: int) -> str | None:
+    """SHA-256 of the next ``length`` bytes, or None if the file ends first."""
+    hasher = hashlib.sha256()
+    while length:
+        chunk = source.read(min(length, 1 << 20))
+        if not chunk:
+            return None
+        hasher.update(chunk)
+        length -= len(chunk)
+    return hasher.hexdigest()
+
+
+class FileSection:
+    """A section of a cache file left on disk and read by slices when needed.
+
+    The seek-point windows of a big image are tens of MB that a mount touches a little at a
+    time; read on demand, they cost the daemon no memory. The file is opened again rather
+    than mapped: a cache file damaged under a live mount then fails a read (EIO) instead of
+    killing the daemon with SIGBUS. A replaced file is no problem: the open one stays.
+    """
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.start = start
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: slice, /) -> bytes:
+        start, stop, step = index.indices(self.length)
+        if step != 1:
+            raise ValueError("FileSection slices have no step")
+        return os.pread(self.fd, max(0, stop - start), self.start + start)
+
+    def __bytes__(self) -> bytes:
+        return self[0 : self.length]
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)
+
+
+# ---- sections from values and back ----
+
+
+def column(sections: dict[str, bytes], name: str, typecode: str, length: int) -> array.array[Any]:
+    """The section ``name`` as an array of ``typecode``; ValueError unless it has ``length``."""
+    values = array.array(typecode)
+    values.frombytes(sections[name])
+    if len(values) != length:
+        raise ValueError(f"column {name} has {len(values)} values, not {length}")
+    return values
+
+
+def pack_strings(strings: Iterable[bytes]) -> tuple[bytes, bytes]:
+    """Strings back to back, and the end of each as a 'Q' column."""
+    blob = bytearray()
+    ends = array.array("Q")
+    for value in strings:
+        blob += value
+        ends.append(len(blob))
+    return bytes(blob), ends.tobytes()
+
+
+def unpack_strings(blob: bytes, ends: array.array[Any]) -> list[bytes]:
+    """The strings ``pack_strings`` packed; ValueError if an end is out of order or bounds."""
+    strings = []
+    start = 0
+    for end in ends:
+        if end < start or end > len(blob):
+            raise ValueError("string bounds out of order")
+        strings.append(blob[start:end])
+        start = end
+    return strings
+
+
+def pack_json(value: Any) -> bytes:
+    """Compact JSON, as the header and every JSON section are written."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+# The rare extras of a tar entry or an inode are kept as JSON: xattrs as [key hex, value hex]
+# pairs (in the dict's order), a sparse map as [offset, length] pairs.
+
+
+def xattrs_to_json(xattrs: dict[bytes, bytes]) -> list[list[str]]:
+    return [[key.hex(), value.hex()] for key, value in xattrs.items()]
+
+
+def xattrs_from_json(pairs: Any) -> dict[bytes, bytes]:
+    return {bytes.fromhex(key): bytes.fromhex(value) for key, value in pairs}
+
+
+def sparse_to_json(sparse: tuple[tuple[int, int], ...]) -> list[list[int]]:
+    return [list(segment) for segment in sparse]
+
+
+def sparse_from_json(segments: Any) -> tuple[tuple[int, int], ...]:
+    return tuple((int(offset), int(length)) for offset, length in segments)
