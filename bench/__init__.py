@@ -1,0 +1,48 @@
+"""The ocifs benchmark: ocifs against ratarmount, umoci unpack and gzip -dc, one run, one table.
+
+    scripts/bench [--only large|debian] [--json FILE] [--workdir DIR] [--rebuild]
+                  [--skip-ratarmount] [--skip-umoci] [--ocifs CMD]
+
+(``scripts/bench`` runs ``python -m bench`` from the repository root.) It builds its images
+itself from what is on this machine, once, into WORKDIR/<image>/layout (WORKDIR defaults to
+/tmp/ocifs-bench; an image is reused while its build.json matches what would be built,
+--rebuild forces a new build):
+
+* large: two gzip layers, a tar of /usr/share and a tar of the pyenv root ($PYENV_ROOT or
+  ~/.pyenv; else the running Python's own prefix, else Debian's /usr/lib/python3.X);
+* debian: a base gzip layer with a small userland (/etc, /usr/bin and /usr/sbin without their
+  biggest programs, the top-level libraries of /usr/lib/<arch>-linux-gnu, the merged-/usr
+  symlinks) and an upper gzip layer with a 64 MiB incompressible file (os.urandom) and a
+  64 MiB compressible one (generated log lines).
+
+Layers are made with ``tar | gzip -6 -n`` (both layers of an image at once) and written into
+an OCI layout with ``ocifs.ocibuild.LayoutWriter``.
+
+Then, for each image, the same steps for every tool (ocifs, ratarmount, umoci/unpacked tree):
+
+* first mount: ``ocifs mount -f --cache-dir FRESH LAYOUT:REF MNT`` (digests verified, the
+  default) and ``ratarmount -f --index-folders EMPTY BLOB... MNT`` as foreground children, timed
+  until MNT shows up in /proc/self/mounts (polled every 10 ms); peak RSS while indexing is the
+  child's VmHWM just then, the daemon's RSS its VmRSS. Against ``umoci unpack`` (time and
+  ``du -sb`` of the bundle) and the floor: ``gzip -dc BLOB >/dev/null`` of each layer, summed;
+* later mount: unmount, mount again with the same cache dir / index folder;
+* ``find MNT | wc -l`` on the fresh first mount, then ``lstat`` of every entry (os.scandir
+  walk), against the same on the unpacked tree on local disk (the floor);
+* per big file (debian: both 64 MiB files; large: its largest regular file): on a fresh mount
+  a cold sequential read (1 MiB reads) and a second one, in MB/s; on another fresh mount 300
+  random 4 KiB preads at seeded 4 KiB-aligned offsets (the same for every tool, under
+  POSIX_FADV_RANDOM), median and p99 in ms.
+
+Before every cold step the page cache of the files read is dropped (/proc/sys/vm/drop_caches
+when writable, else posix_fadvise DONTNEED on the blobs, indexes and unpacked files).
+ratarmount is installed from PyPI into WORKDIR/venv-ratarmount on first use. Output: a header
+(machine, versions, image sizes) and one table with the ratios ocifs / ratarmount and
+ocifs / floor and the targets; --json FILE also writes every raw number. Progress goes to
+stderr. Needs root, /dev/fuse, fusermount3, tar, gzip and umoci; a full run takes several
+minutes (for the large image umoci unpack takes ~100 s and ratarmount's first mount ~30 s).
+
+The modules, one job each: ``steps`` (commands, progress, failed steps), ``images`` (building
+the images), ``tools`` (the commands compared, their versions), ``probes`` (the things timed),
+``measure`` (the steps for each tool, cold caches), ``report`` (the table, the text, --json),
+``__main__`` (the options and the run).
+"""

@@ -1,0 +1,110 @@
+"""Benchmark ocifs against ratarmount, umoci unpack and gzip -dc: one run, one table.
+
+The command line (``python -m bench``, which ``scripts/bench`` runs): the options, then build
+the images, measure every tool on each, and print the report; see the package's docstring for
+what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .images import IMAGES, Image, build_image, image_specs, prepare_image
+from .measure import DROPPER, measure_image
+from .probes import Mounter
+from .report import compose
+from .steps import STARTED, Cell, show_progress
+from .tools import find_contenders, machine, versions
+
+logger = logging.getLogger("bench.main")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    # prog: the usage line says "bench", as it did when scripts/bench was the script itself.
+    parser = argparse.ArgumentParser(prog="bench", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/ocifs-bench"),
+        help="where images, indexes, venv and mount point live (default /tmp/ocifs-bench)",
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", type=Path, help="also write every raw number and the table here"
+    )
+    parser.add_argument("--rebuild", action="store_true", help="build the images again")
+    parser.add_argument("--only", choices=IMAGES, help="measure one image only")
+    parser.add_argument("--skip-ratarmount", action="store_true", help="do not run ratarmount")
+    parser.add_argument(
+        "--skip-umoci",
+        action="store_true",
+        help="do not unpack with umoci (no floor for find, stat and reads)",
+    )
+    parser.add_argument(
+        "--ocifs", metavar="CMD", help="ocifs command (default: the repository's .venv/bin/ocifs)"
+    )
+    return parser.parse_args(argv)
+
+
+def interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    show_progress()
+    if os.geteuid() != 0:
+        print("scripts/bench: warning: not root; FUSE mounts or umoci may fail", file=sys.stderr)
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+
+    workdir: Path = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = [args.only] if args.only else list(IMAGES)
+    specs = image_specs(workdir)
+    infos = {name: build_image(specs[name], workdir, args.rebuild) for name in names}
+    contenders = find_contenders(args.ocifs, workdir, args.skip_ratarmount, args.skip_umoci)
+    versions_used = versions(contenders)
+    machine_line = machine()
+
+    mounter = Mounter(workdir / "mnt", workdir / "logs")
+    results: dict[str, dict[str, dict[str, Cell]]] = {}
+    images: dict[str, Image] = {}
+    try:
+        mounter.unmount()  # a leftover of an interrupted run
+        for name in names:
+            images[name] = prepare_image(name, infos[name])
+            results[name] = measure_image(images[name], contenders, workdir, mounter)
+    finally:
+        mounter.unmount()
+
+    elapsed = time.monotonic() - STARTED
+    report = compose(
+        machine_line,
+        versions_used,
+        infos,
+        images,
+        results,
+        contenders,
+        DROPPER.global_method,
+        elapsed,
+    )
+    print(report.text)
+    if args.json:
+        args.json.write_text(json.dumps(report.document(), indent=1, default=str) + "\n")
+        logger.info(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print("scripts/bench: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,378 @@
+"""The measurements of one image: which probes run for each tool, on which mount, how cold.
+
+For a FUSE tool: a first mount with its cache or index emptied (find and lstat walk on it),
+then, for every big file, a fresh later mount for its sequential reads and another for its
+random reads. For umoci: unpack, then the same walks and reads on the unpacked tree. The floor
+of the first mount: ``gzip -dc`` of every layer. Before every cold step the page cache of the
+files it reads is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .images import Image
+from .probes import Mounter, du_bytes, probe, time_find
+from .steps import MOUNT_TIMEOUT, STEP_TIMEOUT, BenchError, Cell, checked, last_line, step
+from .tools import Contenders
+
+logger = logging.getLogger(__name__)
+
+SEQ_KINDS = ("seq_cold_mb_s", "seq_warm_mb_s")
+RANDOM_KINDS = ("random_median_ms", "random_p99_ms")
+
+
+class CacheDropper:
+    """Empties the page cache of the files a cold step will read.
+
+    Blobs, indexes and caches get posix_fadvise(DONTNEED) (the programs themselves stay warm,
+    as they would when run again); a file on the unpacked tree is dropped with
+    /proc/sys/vm/drop_caches when this is allowed, else with fadvise too.
+    """
+
+    def __init__(self) -> None:
+        self.global_method = ""  # "drop_caches" or "fadvise", once tried
+
+    def drop_everything(self, paths: list[Path]) -> None:
+        if self.global_method in ("", "drop_caches"):
+            try:
+                os.sync()
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                self.global_method = "drop_caches"
+                return
+            except OSError:
+                self.global_method = "fadvise"
+        self.drop(paths)
+
+    def drop(self, paths: list[Path]) -> None:
+        for path in paths:
+            files = (
+                [path]
+                if not path.is_dir()
+                else [
+                    Path(directory) / name
+                    for directory, _, names in os.walk(path)
+                    for name in names
+                ]
+            )
+            for file in files:
+                with contextlib.suppress(OSError):
+                    fd = os.open(file, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)  # dirty pages would stay
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    finally:
+                        os.close(fd)
+
+
+DROPPER = CacheDropper()
+
+
+@dataclass
+class FuseTool:
+    name: str
+    first_argv: list[str]
+    later_argv: list[str]
+    state: Path | None  # cache dir / index folder: emptied before the first mount
+    cached: bool = True
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of the children waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile: the smallest value at least ``fraction`` of them reach."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def file_keys(files: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[str]:
+    """The result keys of per-file measurements: ``kind:path``."""
+    return [f"{kind}:{file['path']}" for file in files for kind in kinds]
+
+
+def measure_walks(top: Path, out: dict[str, Cell], what: str) -> None:
+    with step(out, ["find_s", "find_entries"], f"{what}: find"):
+        seconds, entries = time_find(top)
+        out.update(find_s=seconds, find_entries=entries)
+        logger.info(f"  {what}: find | wc -l: {entries:,} entries in {seconds:.2f} s")
+    with step(out, ["stat_s", "stat_entries"], f"{what}: stat walk"):
+        walked = probe({"kind": "walk", "top": str(top)})
+        out.update(stat_s=walked["seconds"], stat_entries=walked["entries"])
+        logger.info(
+            f"  {what}: lstat of {walked['entries']:,} entries in {walked['seconds']:.2f} s"
+        )
+
+
+def measure_seq(
+    top: Path,
+    files: list[dict[str, Any]],
+    out: dict[str, Cell],
+    what: str,
+    before: Callable[[Path], None] | None = None,
+) -> None:
+    for file in files:
+        path = top / file["path"]
+        with step(out, file_keys([file], SEQ_KINDS), f"{what}: read {file['path']}"):
+            if before is not None:
+                before(path)
+            answer = probe({"kind": "seq", "path": str(path)})
+            if answer["cold_bytes"] != file["size"]:
+                raise BenchError(f"read {answer['cold_bytes']} bytes of {file['size']}")
+            cold = file["size"] / answer["cold_seconds"] / 1e6
+            warm = file["size"] / answer["warm_seconds"] / 1e6
+            out[f"seq_cold_mb_s:{file['path']}"] = cold
+            out[f"seq_warm_mb_s:{file['path']}"] = warm
+            logger.info(f"  {what}: {file['path']}: {cold:.0f} MB/s cold, {warm:.0f} MB/s again")
+
+
+def measure_random(
+    top: Path,
+    files: list[dict[str, Any]],
+    out: dict[str, Cell],
+    what: str,
+    before: Callable[[Path], None] | None = None,
+) -> None:
+    for file in files:
+        path = top / file["path"]
+        keys = [*file_keys([file], RANDOM_KINDS), f"random_sha256:{file['path']}"]
+        with step(out, keys, f"{what}: random reads in {file['path']}"):
+            if before is not None:
+                before(path)
+            answer = probe({"kind": "random", "path": str(path), "offsets": file["offsets"]})
+            median = statistics.median(answer["ms"])
+            p99 = percentile(answer["ms"], 0.99)
+            out[f"random_median_ms:{file['path']}"] = median
+            out[f"random_p99_ms:{file['path']}"] = p99
+            out[f"random_sha256:{file['path']}"] = answer["sha256"]
+            out[f"random_raw_ms:{file['path']}"] = [round(ms, 4) for ms in answer["ms"]]
+            logger.info(
+                f"  {what}: {file['path']}: random 4 KiB median {median:.2f} ms, p99 {p99:.2f} ms"
+            )
+
+
+def reset_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def state_files(path: Path | None) -> dict[str, float]:
+    """The files of a cache dir or index folder and their mtimes: did a later mount rewrite it?"""
+    if path is None or not path.is_dir():
+        return {}
+    return {str(file): file.stat().st_mtime for file in path.rglob("*") if file.is_file()}
+
+
+def run_fuse_tool(tool: FuseTool, image: Image, mounter: Mounter) -> dict[str, Cell]:
+    out: dict[str, Cell] = {}
+    what = f"{image.name}/{tool.name}"
+    mnt = mounter.mountpoint
+    state = [tool.state] if tool.state is not None else []
+
+    logger.info(f"{what}: first mount")
+    first_keys = [
+        "first_mount_s",
+        "first_mount_cpu_s",
+        "peak_rss_mb",
+        "rss_after_mount_mb",
+        "find_s",
+        "find_entries",
+        "stat_s",
+        "stat_entries",
+        "rss_after_walk_mb",
+    ]
+    with step(out, first_keys, f"{what}: first mount"):
+        if tool.state is not None:
+            reset_dir(tool.state)
+        DROPPER.drop(image.blobs)
+        try:
+            mounted = mounter.mount(tool.first_argv, f"{image.name}-{tool.name}-first")
+            out.update(
+                first_mount_s=mounted["seconds"],
+                first_mount_cpu_s=mounted["cpu_s"],
+                peak_rss_mb=mounted["hwm_mb"],
+                rss_after_mount_mb=mounted["rss_mb"],
+            )
+            logger.info(
+                f"  {what}: mounted in {mounted['seconds']:.2f} s, peak RSS "
+                f"{mounted['hwm_mb'] or 0:.0f} MB, RSS {mounted['rss_mb'] or 0:.0f} MB"
+            )
+            measure_walks(mnt, out, what)
+            out["rss_after_walk_mb"] = mounter.rss_mb()
+        finally:
+            mounter.unmount()
+    with step(out, ["disk_bytes"], f"{what}: disk"):
+        out["disk_bytes"] = du_bytes(tool.state) if tool.state is not None else "no cache"
+
+    # Every read measurement on a fresh mount of its own: no tool profits from what it
+    # decompressed (or prefetched) for the one before.
+    before_later = state_files(tool.state)
+    later_mounts: list[float] = []
+    out["later_mounts_s"] = later_mounts
+    for number, file in enumerate(image.files):
+        for kind, kinds in (("seq", SEQ_KINDS), ("random", RANDOM_KINDS)):
+            keys = file_keys([file], kinds)
+            first_later = number == 0 and kind == "seq"
+            if first_later:
+                keys = ["later_mount_s", "later_peak_rss_mb", *keys]
+            logger.info(
+                f"{what}: {'later' if first_later else 'fresh'} mount, {kind} reads of "
+                f"{file['path']}"
+            )
+            with step(out, keys, f"{what}: mount for {kind} reads"):
+                DROPPER.drop(image.blobs + state)
+                try:
+                    mounted = mounter.mount(
+                        tool.later_argv, f"{image.name}-{tool.name}-{kind}-{number}"
+                    )
+                    later_mounts.append(mounted["seconds"] or 0.0)
+                    if first_later:
+                        out.update(
+                            later_mount_s=mounted["seconds"], later_peak_rss_mb=mounted["hwm_mb"]
+                        )
+                        logger.info(
+                            f"  {what}: mounted again in {mounted['seconds']:.2f} s"
+                            + ("" if tool.cached else " (not cached)")
+                        )
+                        if tool.state is not None:
+                            out["state_reused"] = before_later == state_files(tool.state) != {}
+                    if kind == "seq":
+                        measure_seq(mnt, [file], out, what)
+                    else:
+                        measure_random(mnt, [file], out, what)
+                finally:
+                    mounter.unmount()
+    return out
+
+
+def run_unpacked(image: Image, workdir: Path) -> dict[str, Cell]:
+    out: dict[str, Cell] = {}
+    what = f"{image.name}/umoci"
+    bundle = workdir / f"unpacked-{image.name}"
+    keys = [
+        "first_mount_s",
+        "first_mount_cpu_s",
+        "disk_bytes",
+        "find_s",
+        "find_entries",
+        "stat_s",
+        "stat_entries",
+        *file_keys(image.files, SEQ_KINDS + RANDOM_KINDS),
+    ]
+    logger.info(f"{what}: umoci unpack")
+    try:
+        with step(out, keys, what):
+            if bundle.exists():
+                shutil.rmtree(bundle)
+            DROPPER.drop(image.blobs)
+            argv = ["umoci", "unpack", "--image", image.arg, str(bundle)]
+            logger.info(f"  $ {shlex.join(argv)}")
+            cpu = children_cpu_seconds()
+            seconds, _ = checked(argv, "umoci unpack", timeout=MOUNT_TIMEOUT)
+            out["first_mount_cpu_s"] = children_cpu_seconds() - cpu
+            disk = du_bytes(bundle)
+            out.update(first_mount_s=seconds, disk_bytes=disk)
+            logger.info(f"  {what}: unpacked in {seconds:.1f} s, {disk / 1e6:.0f} MB")
+            rootfs = bundle / "rootfs"
+            measure_walks(rootfs, out, what)
+
+            def cold(path: Path) -> None:
+                DROPPER.drop_everything([path])
+
+            measure_seq(rootfs, image.files, out, what, before=cold)
+            measure_random(rootfs, image.files, out, what, before=cold)
+    finally:
+        if bundle.exists():
+            logger.info(f"{what}: removing {bundle}")
+            shutil.rmtree(bundle, ignore_errors=True)
+    return out
+
+
+def gzip_floor(image: Image) -> dict[str, Cell]:
+    out: dict[str, Cell] = {}
+    with step(out, ["first_mount_s", "first_mount_cpu_s"], f"{image.name}/gzip -dc"):
+        total = 0.0
+        cpu = children_cpu_seconds()
+        for blob in image.blobs:
+            DROPPER.drop([blob])
+            started = time.monotonic()
+            result = subprocess.run(
+                ["gzip", "-dc", str(blob)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=STEP_TIMEOUT,
+            )
+            total += time.monotonic() - started
+            if result.returncode != 0:
+                raise BenchError(f"gzip -dc exited {result.returncode}: {last_line(result.stderr)}")
+        out.update(first_mount_s=total, first_mount_cpu_s=children_cpu_seconds() - cpu)
+        logger.info(f"{image.name}: gzip -dc of {len(image.blobs)} layers: {total:.2f} s")
+    return out
+
+
+def measure_image(
+    image: Image, contenders: Contenders, workdir: Path, mounter: Mounter
+) -> dict[str, dict[str, Cell]]:
+    """Every tool's results for one image: gzip (the floor), ocifs, ratarmount, unpacked."""
+    per_tool: dict[str, dict[str, Cell]] = {}
+    info = image.info
+    logger.info(
+        f"== {image.name}: {info['entries']:,} entries, {info['blob_bytes'] / 1e6:.0f} MB gzip"
+    )
+    per_tool["gzip"] = gzip_floor(image)
+
+    if contenders.ocifs_problem:
+        per_tool["ocifs"] = {"first_mount_s": contenders.ocifs_problem}
+    else:
+        cached = contenders.ocifs_cached
+        cache = workdir / "ocifs-cache" / image.name
+        cache_args = ["--cache-dir", str(cache)] if cached else []
+        argv = [
+            *contenders.ocifs,
+            "mount",
+            "-f",
+            *cache_args,
+            image.arg,
+            str(mounter.mountpoint),
+        ]
+        tool = FuseTool("ocifs", argv, argv, cache if cached else None, cached=cached)
+        per_tool["ocifs"] = run_fuse_tool(tool, image, mounter)
+
+    if contenders.ratarmount is None:
+        per_tool["ratarmount"] = {"first_mount_s": contenders.ratarmount_problem}
+    else:
+        index = workdir / "ratarmount-index" / image.name
+        argv = [
+            str(contenders.ratarmount),
+            "-f",
+            "--index-folders",
+            str(index),
+            *map(str, image.blobs),
+            str(mounter.mountpoint),
+        ]
+        per_tool["ratarmount"] = run_fuse_tool(
+            FuseTool("ratarmount", argv, argv, index), image, mounter
+        )
+
+    per_tool["unpacked"] = (
+        {"first_mount_s": "skipped"} if contenders.skip_umoci else run_unpacked(image, workdir)
+    )
+    return per_tool

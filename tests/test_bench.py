@@ -1,0 +1,456 @@
+"""The benchmark's pure parts, without a mount: options, numbers, ratios, targets, the table,
+the probes run on a local directory, and what goes into the images."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import parse_args
+from bench.images import Image, Source, collect_members, log_lines, prepare_image
+from bench.measure import file_keys, percentile
+from bench.probes import RANDOM_READS, RANDOM_SIZE, probe, probe_main, random_offsets
+from bench.report import (
+    COLUMNS,
+    Row,
+    Table,
+    consistency_notes,
+    header_lines,
+    legend_lines,
+    number,
+    numeric,
+    ratio,
+    render_text,
+    rows_for,
+    verdict,
+)
+from bench.steps import BenchError, Cell, ElapsedFormatter, last_line, one_line, step
+from bench.tools import Contenders
+
+REPO = Path(__file__).resolve().parent.parent
+SHA = "a" * 64
+
+
+def image(files: list[tuple[str, int]]) -> Image:
+    info = {
+        "ref": "debian",
+        "layout": "/x/layout",
+        "layers": [{"digest": "sha256:" + "1" * 64}, {"digest": "sha256:" + "2" * 64}],
+        "big_files": [{"path": path, "size": size} for path, size in files],
+        "entries": 1234,
+        "blob_bytes": 189_145_335,
+        "tar_bytes": 413_665_280,
+    }
+    return prepare_image("debian", info)
+
+
+def contenders(cached: bool = True, ratarmount: bool = True, umoci: bool = True) -> Contenders:
+    return Contenders(
+        ocifs=["ocifs"],
+        ocifs_cached=cached,
+        ocifs_problem="",
+        ratarmount=Path("/venv/bin/ratarmount") if ratarmount else None,
+        ratarmount_problem="" if ratarmount else "skipped",
+        skip_umoci=not umoci,
+    )
+
+
+# ---------------------------------------------------------------- options
+
+
+def test_options_and_their_defaults() -> None:
+    args = parse_args([])
+    assert args.workdir == Path("/tmp/ocifs-bench")
+    assert args.json is None
+    assert args.only is None
+    assert args.ocifs is None
+    assert (args.rebuild, args.skip_ratarmount, args.skip_umoci) == (False, False, False)
+    args = parse_args(["--only", "debian", "--json", "out.json", "--skip-umoci", "--ocifs", "x y"])
+    assert (args.only, args.json, args.skip_umoci, args.ocifs) == (
+        "debian",
+        Path("out.json"),
+        True,
+        "x y",
+    )
+
+
+def test_only_takes_an_image_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "alpine"])
+    assert "invalid choice: 'alpine'" in capsys.readouterr().err
+
+
+def test_usage_names_the_bench() -> None:
+    result = subprocess.run(
+        [str(REPO / "scripts" / "bench"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: bench [-h] [--workdir WORKDIR]")
+    assert "Benchmark ocifs against ratarmount, umoci unpack and gzip -dc" in result.stdout
+
+
+# ---------------------------------------------------------------- numbers and ratios
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (3512, "3,512"),
+        (0.0, "0"),
+        (1234.5, "1,234"),  # round half to even
+        (461.4, "461"),
+        (68.04, "68.0"),
+        (2.744, "2.74"),
+        (0.2701, "0.270"),
+        (-12.34, "-12.3"),
+    ],
+)
+def test_number_keeps_about_three_digits(value: float, text: str) -> None:
+    assert number(value) == text
+
+
+def test_numeric_takes_numbers_only() -> None:
+    assert numeric(3) == 3.0
+    assert numeric(0.5) == 0.5
+    assert numeric(True) is None
+    assert numeric("failed: boom") is None
+    assert numeric(None) is None
+    assert numeric([1.0, 2.0]) is None
+
+
+def test_ratio_is_ocifs_over_the_other() -> None:
+    assert ratio(1.0, 4.0) == "0.25x"
+    assert ratio(9.0, 3.0) == "3.00x"
+    assert ratio(None, 3.0) == "-"
+    assert ratio(1.0, None) == "-"
+    assert ratio(1.0, 0.0) == "-"  # no division by a zero floor
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # unsorted on purpose
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile([1.0, 2.0, 3.0], 0.0) == 1.0
+
+
+# ---------------------------------------------------------------- targets and rows
+
+
+def test_verdict_of_a_target() -> None:
+    row = Row("debian", "find [s]", "find_s", target="< 2 s", check=lambda o, r, f: o < 2)
+    assert verdict(row, 0.5, None, None) == ("< 2 s: met", True)
+    assert verdict(row, 2.5, None, None) == ("< 2 s: NOT met", False)
+    assert verdict(row, None, 1.0, 1.0) == ("< 2 s: not measured", None)
+    assert verdict(Row("debian", "x", "x"), 1.0, 1.0, 1.0) == ("", None)
+    assert verdict(Row("debian", "x", "x", target="t"), 1.0, None, None) == ("t: n/a", None)
+
+
+def test_first_mount_target_needs_both_comparisons() -> None:
+    first = rows_for(image([]), ocifs_cached=True)[0]
+    assert first.key == "first_mount_s"
+    assert verdict(first, 1.0, None, 2.0)[0].endswith(": n/a (no comparison)")
+    assert verdict(first, 1.0, 3.0, 2.0)[1] is True
+    assert verdict(first, 2.5, 3.0, 2.0)[1] is False  # slower than gzip -dc
+    assert verdict(first, 1.0, 0.5, 2.0)[1] is False  # slower than ratarmount
+
+
+def test_rows_per_image_and_per_big_file() -> None:
+    rows = rows_for(image([("srv/bench/random.bin", 64 << 20), ("srv/app.log", 1 << 20)]), True)
+    assert len(rows) == 10 + 2 * 4
+    keys = [row.key for row in rows]
+    assert keys[10:14] == [
+        "seq_cold_mb_s:srv/bench/random.bin",
+        "seq_warm_mb_s:srv/bench/random.bin",
+        "random_median_ms:srv/bench/random.bin",
+        "random_p99_ms:srv/bench/random.bin",
+    ]
+    assert rows[10].label == "random.bin (64 MiB) cold read [MB/s]"
+    assert rows[14].label == "app.log (1 MiB) cold read [MB/s]"
+    assert rows[10].higher_is_better and not rows[12].higher_is_better
+
+
+def test_later_mount_not_judged_without_a_cache() -> None:
+    cached = {row.key: row for row in rows_for(image([]), ocifs_cached=True)}["later_mount_s"]
+    uncached = {row.key: row for row in rows_for(image([]), ocifs_cached=False)}["later_mount_s"]
+    assert cached.label == "later mount (same cache) [s]"
+    assert verdict(cached, 0.3, None, None) == ("< 1.5 s: met", True)
+    assert uncached.label == "later mount [s] (ocifs NOT cached: no --cache-dir)"
+    assert verdict(uncached, 0.3, None, None) == ("< 1.5 s: n/a", None)
+
+
+# ---------------------------------------------------------------- the table
+
+
+def test_table_row_cells_ratios_and_target() -> None:
+    table = Table()
+    row = Row(
+        "debian",
+        "find [s]",
+        "find_s",
+        floor="unpacked",
+        target="< 2 s",
+        check=lambda o, r, f: o < 2,
+    )
+    results: dict[str, dict[str, Cell]] = {
+        "ocifs": {"find_s": 0.5},
+        "ratarmount": {"find_s": 0.25},
+        "unpacked": {"find_s": 0.1},
+    }
+    table.add(row, results)
+    assert table.lines == [
+        ["find [s]", "0.500", "0.250", "0.100", "0.100", "2.00x", "5.00x", "< 2 s: met"]
+    ]
+    assert table.targets == [
+        {"image": "debian", "measure": "find [s]", "target": "< 2 s", "ocifs": 0.5, "met": True}
+    ]
+
+
+def test_table_floor_of_the_first_mount_is_gzip() -> None:
+    table = Table()
+    row = Row("debian", "first", "first_mount_s", floor="gzip")
+    table.add(
+        row,
+        {
+            "ocifs": {"first_mount_s": 3.0},
+            "gzip": {"first_mount_s": 2.0},
+            "unpacked": {"first_mount_s": 6.0},
+        },
+    )
+    assert table.lines[0][3:7] == ["6.00", "2.00", "-", "1.50x"]
+
+
+def test_table_cells_of_every_kind() -> None:
+    table = Table()
+    assert table.cell(None, 1.0) == "-"
+    assert table.cell(True, 1.0) == "yes"
+    assert table.cell(False, 1.0) == "no"
+    assert table.cell(7_120_000, 1e-6) == "7.12"
+    assert table.cell([1.0, 2.0, 3.0], 1.0) == "3 values"
+    assert table.cell("skipped", 1.0) == "skipped"
+    assert table.cell("failed: short", 1.0) == "failed: short"
+    assert table.footnotes == []
+
+
+def test_long_failures_become_footnotes_once() -> None:
+    table = Table()
+    long = "failed: " + "x" * 80
+    other = "failed: " + "y" * 80
+    assert table.cell(long, 1.0) == long[:52] + "… [1]"
+    assert table.cell(other, 1.0).endswith("… [2]")
+    assert table.cell(long, 1.0).endswith("… [1]")
+    assert table.footnotes == [long, other]
+
+
+def test_render_aligns_the_columns() -> None:
+    table = Table()
+    table.lines.append("== debian: heading")
+    table.add(Row("debian", "a longer label", "k"), {"ocifs": {"k": 1234}, "ratarmount": {"k": 2}})
+    table.add(Row("debian", "short", "k"), {"ocifs": {"k": 5}})
+    lines = table.render().splitlines()
+    assert lines[0].split() == COLUMNS
+    assert set(lines[1]) == {"-"}
+    assert lines[2] == "== debian: heading"
+    assert lines[3].startswith("a longer label  ")
+    assert lines[4].startswith("short           ")
+    # numbers right-aligned: the ocifs column ends at the same place on every row
+    end = lines[0].index("ocifs") + len("ocifs")
+    assert lines[3][:end].endswith("1,234") and lines[4][:end].endswith("    5")
+    assert len(lines[1]) == len(lines[0])  # the rule is as wide as the header
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_render_text_puts_footnotes_and_notes_after_the_legend() -> None:
+    table = Table()
+    table.cell("failed: " + "z" * 80, 1.0)
+    text = render_text(["head"], table, ["legend"], ["a note"], 12.3)
+    lines = text.splitlines()
+    assert lines[0] == "head"
+    assert lines[1] == ""
+    assert lines[-4:-1] == ["legend", "[1] failed: " + "z" * 80, "note: a note"]
+    assert lines[-1].startswith("whole run: 12 s (load average at the end: ")
+
+
+# ---------------------------------------------------------------- notes, header, legend
+
+
+def test_consistency_notes() -> None:
+    files = [("srv/bench/random.bin", 1 << 20)]
+    results: dict[str, dict[str, dict[str, Cell]]] = {
+        "debian": {
+            "ocifs": {"find_entries": 10, "random_sha256:srv/bench/random.bin": SHA},
+            "ratarmount": {
+                "find_entries": 11,
+                "random_sha256:srv/bench/random.bin": "b" * 64,
+                "state_reused": False,
+            },
+            "unpacked": {"find_entries": "failed: x", "random_sha256:srv/bench/random.bin": SHA},
+        }
+    }
+    notes = consistency_notes({"debian": image(files)}, results)
+    assert len(notes) == 3
+    assert notes[0].startswith("debian: find saw different entry counts: {'ocifs': 10,")
+    assert notes[1].startswith("debian: the random 4 KiB reads of srv/bench/random.bin differ")
+    assert notes[2] == "debian: ratarmount's later mount rewrote its index"
+
+
+def test_no_notes_when_the_tools_agree() -> None:
+    key = "random_sha256:srv/bench/random.bin"
+    results: dict[str, dict[str, dict[str, Cell]]] = {
+        "debian": {
+            "ocifs": {"find_entries": 10, key: SHA},
+            "ratarmount": {"find_entries": 10, key: "failed: boom", "state_reused": True},
+            "unpacked": {"find_entries": 10, key: SHA},
+        }
+    }
+    assert consistency_notes({"debian": image([("srv/bench/random.bin", 4096)])}, results) == []
+
+
+def test_header_says_how_caches_were_dropped() -> None:
+    infos = {"debian": image([]).info}
+    lines = header_lines("2 cores", {"ocifs": "ocifs 0.1.0", "gzip": "gzip 1.12"}, infos, "")
+    assert lines[1] == "versions: ocifs 0.1.0; gzip 1.12"
+    assert lines[2] == (
+        "image debian: 1,234 entries, 189,145,335 bytes compressed, "
+        "413,665,280 bytes uncompressed (2 gzip layers)"
+    )
+    assert lines[3].endswith("before every mount.")
+    dropped = header_lines("2 cores", {}, infos, "drop_caches")
+    assert dropped[3].endswith("; unpacked files dropped with drop_caches before each read.")
+
+
+def test_legend_follows_what_ran() -> None:
+    assert len(legend_lines(contenders())) == 4
+    assert legend_lines(contenders())[1].endswith("use the first mount's --cache-dir.")
+    assert legend_lines(contenders(cached=False))[1].endswith("its later mounts index again.")
+    assert len(legend_lines(contenders(ratarmount=False, umoci=False))) == 2
+
+
+# ---------------------------------------------------------------- the probes, locally
+
+
+def test_random_offsets_are_seeded_aligned_and_inside() -> None:
+    offsets = random_offsets("srv/bench/app.log", 64 << 20)
+    assert len(offsets) == RANDOM_READS
+    assert offsets == random_offsets("srv/bench/app.log", 64 << 20)
+    assert offsets != random_offsets("srv/bench/random.bin", 64 << 20)
+    assert all(offset % RANDOM_SIZE == 0 and 0 <= offset < 64 << 20 for offset in offsets)
+    assert set(random_offsets("tiny", 100)) == {0}
+
+
+def test_prepare_image_finds_blobs_and_offsets() -> None:
+    prepared = image([("srv/bench/app.log", 1 << 20)])
+    assert prepared.arg == "/x/layout:debian"
+    assert prepared.blobs == [
+        Path("/x/layout/blobs/sha256/" + "1" * 64),
+        Path("/x/layout/blobs/sha256/" + "2" * 64),
+    ]
+    assert prepared.files[0]["offsets"] == random_offsets("srv/bench/app.log", 1 << 20)
+    assert file_keys(prepared.files, ("a", "b")) == ["a:srv/bench/app.log", "b:srv/bench/app.log"]
+
+
+def test_probes_on_a_local_tree(tmp_path: Path) -> None:
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    data = os.urandom(3 * RANDOM_SIZE + 100)
+    (tmp_path / "d" / "file").write_bytes(data)
+    (tmp_path / "link").symlink_to("d")  # lstat: not followed
+    walked = probe_main({"kind": "walk", "top": str(tmp_path)})
+    assert walked["entries"] == 4
+    read = probe_main({"kind": "seq", "path": str(tmp_path / "d" / "file")})
+    assert read["cold_bytes"] == read["warm_bytes"] == len(data)
+    offsets = [RANDOM_SIZE, 0, 3 * RANDOM_SIZE]
+    randomly = probe_main(
+        {"kind": "random", "path": str(tmp_path / "d" / "file"), "offsets": offsets}
+    )
+    expected = hashlib.sha256(b"".join(data[o : o + RANDOM_SIZE] for o in offsets)).hexdigest()
+    assert randomly["sha256"] == expected
+    assert len(randomly["ms"]) == 3
+    with pytest.raises(ValueError, match="unknown probe"):
+        probe_main({"kind": "nope"})
+
+
+def test_probe_runs_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # where python -m bench finds the package
+    (tmp_path / "a").write_text("a")
+    assert probe({"kind": "walk", "top": str(tmp_path)})["entries"] == 1
+    with pytest.raises(BenchError, match="FileNotFoundError"):
+        probe({"kind": "walk", "top": str(tmp_path / "missing")})
+
+
+# ---------------------------------------------------------------- steps
+
+
+def test_failed_step_fills_the_keys_it_did_not_set() -> None:
+    out: dict[str, Cell] = {}
+    with step(out, ["a", "b"], "x"):
+        out["a"] = 1.0
+        raise BenchError("boom\nmore")
+    assert out == {"a": 1.0, "b": "failed: boom"}
+    with pytest.raises(KeyboardInterrupt), step(out, ["c"], "x"):
+        raise KeyboardInterrupt
+    assert "c" not in out
+
+
+def test_one_line_and_last_line() -> None:
+    timeout = subprocess.TimeoutExpired(["/usr/bin/umoci", "unpack"], 1200.0)
+    assert one_line(timeout) == "umoci timed out after 1200 s"
+    assert one_line(ValueError()) == "ValueError"
+    assert one_line("\n  first\nsecond") == "first"
+    assert last_line("a\nb\n\n") == "b"
+    assert last_line("") == "(no output)"
+
+
+def test_progress_lines_show_seconds_since_the_start() -> None:
+    record = logging.LogRecord("bench.x", logging.INFO, __file__, 1, "built %s", ("debian",), None)
+    text = ElapsedFormatter().format(record)
+    assert text.startswith("[") and text.endswith("s] built debian")
+    assert len(text.split("]")[0]) == len("[123456s")
+
+
+# ---------------------------------------------------------------- what goes into the images
+
+
+def test_collect_members(tmp_path: Path) -> None:
+    (tmp_path / "usr" / "bin" / "deep").mkdir(parents=True)
+    (tmp_path / "usr" / "bin" / "small").write_bytes(b"x" * 10)
+    (tmp_path / "usr" / "bin" / "big").write_bytes(b"x" * 1000)
+    (tmp_path / "usr" / "bin" / "deep" / "inner").write_bytes(b"x")
+    (tmp_path / "usr" / "bin" / "sh").symlink_to("small")
+    os.mkfifo(tmp_path / "usr" / "bin" / "fifo")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "conf").write_bytes(b"x" * 500)
+    sources = [
+        Source("usr/bin", max_file_size=100, max_depth=1),
+        Source("etc"),
+        Source("not/here"),
+    ]
+    members, largest = collect_members(tmp_path, sources)
+    assert members == [
+        "usr",
+        "usr/bin",
+        "usr/bin/deep",
+        "usr/bin/sh",
+        "usr/bin/small",
+        "etc",
+        "etc/conf",
+    ]
+    assert largest == (500, "etc/conf")
+
+
+def test_log_lines_are_deterministic_and_exact() -> None:
+    text = log_lines(10_000, 7)
+    assert len(text) == 10_000
+    assert text == log_lines(10_000, 7)
+    assert text != log_lines(10_000, 8)
+    assert text.startswith(b"2024-03-01T00:00:00.")
+    assert b" status=" in text
