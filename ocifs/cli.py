@@ -27,11 +27,11 @@ import pyfuse3
 import trio
 
 from . import __version__
+from .blockcache import BLOCK_CACHE_BYTES
 from .errors import OcifsError
 from .fuse_ops import ImageOperations
 from .image import Image, LoadReport, load_image
 from .indexcache import IndexCache, default_cache_dir
-from .layerread import BLOCK_CACHE_BYTES
 from .layout import Platform, resolve, split_image_arg
 from .mountinfo import unescape_mount_path
 from .progress import TerminalProgress
