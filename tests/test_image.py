@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
-from layers import blob_layer, image_of
+from layers import big_tar, blob_layer, image_of
 from tarbuild import f, make_tar
 
 from ocifs.errors import LayerError
 from ocifs.image import Image, load_image
+from ocifs.layerread import GzipLayerReader
 from ocifs.tree import Inode
 
 
@@ -24,6 +26,10 @@ def read_all(image: Image, node: Inode) -> bytes:
             return out.getvalue()
         out.write(chunk)
         offset += len(chunk)
+
+
+def inflate_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ocifs-inflate")]
 
 
 def test_a9_sparse_files_read_zeros_in_holes(tmp_path: Path) -> None:
@@ -71,3 +77,36 @@ def test_load_image_names_the_layer_of_a_merge_error(tmp_path: Path) -> None:
     refs = [blob_layer(tmp_path, good, "none", 0), blob_layer(tmp_path, bad, "none", 1)]
     with pytest.raises(LayerError, match=r"layer 1 \(sha256:.*escapes the image root"):
         load_image(image_of(refs))
+
+
+def test_reads_past_the_end_of_a_file_are_short(tmp_path: Path) -> None:
+    tar = make_tar([f("a", b"0123456789")])
+    image = load_image(image_of([blob_layer(tmp_path, tar, "gzip")]))
+    try:
+        node = image.tree.find(b"a")
+        assert node is not None
+        assert image.read(node, 4, 100) == b"456789"
+        assert image.read(node, 10, 100) == b""
+        assert image.read(node, 50, 1) == b""
+    finally:
+        image.close()
+
+
+def test_layers_share_the_image_pool_and_close_stops_it(tmp_path: Path) -> None:
+    """One prefetch pool per image, handed to every layer's reader; Image.close ends its
+    threads after the readers."""
+    tar, files = big_tar()
+    other = make_tar([f("other", files["first"])])
+    layers = [blob_layer(tmp_path, tar, "gzip", 0), blob_layer(tmp_path, other, "gzip", 1)]
+    image = load_image(image_of(layers))
+    try:
+        for reader in image.readers:
+            assert isinstance(reader, GzipLayerReader) and reader.prefetcher.pool is image.pool
+        for name in (b"first", b"other"):
+            node = image.tree.find(name)
+            assert node is not None
+            assert read_all(image, node) == files["first"]
+        assert image.pool.threads  # sequential reads were prefetched for
+    finally:
+        image.close()
+    assert not inflate_threads()

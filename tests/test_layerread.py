@@ -18,9 +18,16 @@ from layers import (
 )
 from tarbuild import f, make_tar
 
+from ocifs import layerindex, layerread, mediatypes
 from ocifs.blockcache import CACHE_BLOCK, BlockCache
+from ocifs.errors import LayerError
 from ocifs.gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints
-from ocifs.layerread import DamagedLayer
+from ocifs.layerread import DamagedLayer, TarLayerReader, open_reader
+
+
+def test_every_supported_compression_has_an_indexer_and_a_reader() -> None:
+    assert set(layerindex.INDEXERS) == mediatypes.SUPPORTED
+    assert set(layerread.READERS) == mediatypes.SUPPORTED
 
 
 @pytest.mark.parametrize("compression", ["gzip", "none"])
@@ -127,3 +134,59 @@ def test_reads_across_seek_points_far_apart(tmp_path: Path) -> None:
         assert reader.pread(entries[b"end"].data_offset, 3) == b"end"
         middle = entries[b"zeros2"].data_offset + (25 << 20)
         assert reader.pread(middle, 1 << 20) == bytes(1 << 20)
+
+
+def test_gzip_reader_without_a_pool_reads_alone(tmp_path: Path) -> None:
+    """open_reader without a pool (as the index-cache tests use it): nothing prefetched."""
+    tar, files = big_tar()
+    indexed = indexed_layer(blob_layer(tmp_path, tar, "gzip"))
+    reader = open_reader(indexed.layer, indexed.points, BlockCache())
+    assert isinstance(reader, layerread.GzipLayerReader)
+    try:
+        entry = next(e for e in indexed.entries if e.path == b"first")
+        data = b"".join(
+            reader.pread(entry.data_offset + at, min(128 << 10, entry.size - at))
+            for at in range(0, entry.size, 128 << 10)
+        )
+        assert data == files["first"]
+        assert reader.prefetcher.jobs_started == 0
+        assert not reader.prefetcher.pending
+    finally:
+        reader.close()
+    reader.close()  # idempotent
+
+
+def test_uncompressed_reader_refuses_reads_past_the_blob(tmp_path: Path) -> None:
+    tar = make_tar([f("a", b"x")])
+    indexed = indexed_layer(blob_layer(tmp_path, tar, "none"))
+    with open_layer(indexed) as reader:
+        assert isinstance(reader, TarLayerReader)
+        assert reader.pread(len(tar) - 10, 10) == tar[-10:]
+        with pytest.raises(DamagedLayer, match="blob ends before offset"):
+            reader.pread(len(tar) - 10, 11)
+
+
+def test_gzip_reader_refuses_reads_past_the_stream(tmp_path: Path) -> None:
+    tar = make_tar([f("a", b"x")])
+    indexed = indexed_layer(blob_layer(tmp_path, tar, "gzip"))
+    with open_layer(indexed) as reader:
+        assert reader.pread(len(tar) - 10, 10) == tar[-10:]
+        assert reader.pread(len(tar), 0) == b""
+        with pytest.raises(DamagedLayer, match="stream ends before"):
+            reader.pread(len(tar) - 10, 11)
+
+
+def test_open_reader_refuses_a_gzip_layer_without_seek_points(tmp_path: Path) -> None:
+    tar = make_tar([f("a", b"x")])
+    layer = blob_layer(tmp_path, tar, "gzip")
+    with pytest.raises(LayerError, match=r"layer 0 \(sha256:.*gzip layer without seek points"):
+        open_reader(layer, None, BlockCache())
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_open_reader_names_the_layer_of_a_missing_blob(tmp_path: Path, compression: str) -> None:
+    tar = make_tar([f("a", b"x")])
+    indexed = indexed_layer(blob_layer(tmp_path, tar, compression))
+    indexed.layer.path.unlink()
+    with pytest.raises(LayerError, match=r"layer 0 \(sha256:.*cannot open blob"):
+        open_reader(indexed.layer, indexed.points, BlockCache())

@@ -383,3 +383,62 @@ def test_stretches_that_do_not_compress_are_left_to_the_reads(
         assert read_in_order(reader, 0, end, 128 << 10) == tar[:end]
         assert 0 < reader.prefetcher.jobs_started < (start + (2 << 20)) // (2 * SPACING)
     pool.close()
+
+
+def test_a_pool_closed_before_its_reader_settles_the_jobs_it_queued(
+    spans_layer: tuple[IndexedLayer, bytes],
+) -> None:
+    """No read waits for a job that will never run: the pool settles its queue at close,
+    and the reads that follow inflate by themselves."""
+    indexed, tar = spans_layer
+    cache = BlockCache()
+    pool = ManualPool(2, cache_share(cache))
+    with open_gzip_layer(indexed, cache, pool) as reader:
+        for offset in range(0, PREFETCH_TRIGGER, 128 << 10):  # sequential: jobs queued
+            assert reader.pread(offset, 128 << 10) == tar[offset : offset + (128 << 10)]
+        assert pool.queue and reader.prefetcher.pending
+        pool.close()
+        assert not pool.queue and not pool.outstanding
+        assert not reader.prefetcher.jobs and not reader.prefetcher.pending
+        assert read_in_order(reader, 0, len(tar), 128 << 10) == tar
+        assert not reader.prefetcher.pending
+    assert not inflate_threads()
+
+
+def test_the_pool_budget_bounds_the_bytes_in_flight() -> None:
+    pool = InflatePool(2, 10)
+    assert pool.reserve(6)
+    assert not pool.reserve(5)  # over all readers of the image
+    assert pool.reserve(4)
+    pool.release(6)
+    assert pool.reserve(6)
+    assert pool.outstanding == 10
+    pool.close()
+
+
+def test_a_closed_pool_takes_no_jobs(spans_layer: tuple[IndexedLayer, bytes]) -> None:
+    indexed, tar = spans_layer
+    cache = BlockCache()
+    pool = pool_for(cache, 2)
+    pool.close()
+    with open_gzip_layer(indexed, cache, pool) as reader:
+        assert read_in_order(reader, 0, 4 << 20, 128 << 10) == tar[: 4 << 20]
+        assert not reader.prefetcher.jobs and not reader.prefetcher.pending
+    assert not pool.threads and not inflate_threads()
+    assert pool.outstanding == 0
+
+
+def test_take_parked_hands_over_the_cursor_furthest_on_in_range(
+    spans_layer: tuple[IndexedLayer, bytes],
+) -> None:
+    indexed, _ = spans_layer
+    with open_gzip_layer(indexed) as reader:
+        prefetcher = reader.prefetcher
+        parked = {position: object() for position in (100, 300, 200)}
+        prefetcher.parked.update(parked)  # type: ignore[arg-type]
+        assert prefetcher.take_parked(150, 250) is parked[200]
+        assert prefetcher.take_parked(150, 250) is None  # taken: it is the caller's now
+        assert prefetcher.take_parked(0, 1000) is parked[300]
+        assert prefetcher.take_parked(101, 299) is None
+        assert list(prefetcher.parked) == [100]
+        prefetcher.parked.clear()  # not cursors: close must not close them
