@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, daemon
+from .blockcache import BLOCK_CACHE_BYTES
 from .errors import OcifsError
 from .image import Image, LoadReport, load_image
 from .indexcache import IndexCache, default_cache_dir
-from .layerread import BLOCK_CACHE_BYTES
 from .layout import Platform, resolve, split_image_arg
 from .mountinfo import unescape_mount_path
 from .progress import TerminalProgress

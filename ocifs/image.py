@@ -4,7 +4,8 @@
 from the cache, replays them in manifest order into the merged tree (or takes that from the
 cache too), and keeps one reader per layer. ``Image.read`` turns a read of a
 file into reads of the layer that holds its data, filling the holes of sparse files with zeros.
-The FUSE adapter only translates between this and the kernel.
+The image owns what its readers share: the cache of decompressed blocks and the pool of
+threads that prefetch for them. The FUSE adapter only translates between this and the kernel.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .blockcache import BLOCK_CACHE_BYTES, BlockCache
 from .errors import LayerError, MergeError
 from .gzseek import DEFAULT_SPACING
 from .indexcache import CacheMiss, IndexCache
 from .layerindex import LayerIndex, Progress, index_layer
-from .layerread import BLOCK_CACHE_BYTES, BlockCache, LayerReader, open_reader
+from .layerread import LayerReader, open_reader
 from .layout import LayerRef, ResolvedImage
+from .prefetch import PREFETCH_WORKERS, InflatePool, cache_share
 from .tree import Inode, MergedTree, TreeBuilder
 
 logger = logging.getLogger(__name__)
@@ -32,10 +35,17 @@ ProgressFactory = Callable[[LayerRef], Progress | None]
 class Image:
     """A resolved image ready to serve: fixed inodes and lazy file contents."""
 
-    def __init__(self, resolved: ResolvedImage, tree: MergedTree, readers: list[LayerReader]):
+    def __init__(
+        self,
+        resolved: ResolvedImage,
+        tree: MergedTree,
+        readers: list[LayerReader],
+        pool: InflatePool,
+    ) -> None:
         self.resolved = resolved
         self.tree = tree
         self.readers = readers
+        self.pool = pool  # the readers' prefetch threads
 
     def read(self, node: Inode, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a regular file at ``offset``; short only at end of file.
@@ -62,6 +72,7 @@ class Image:
     def close(self) -> None:
         for reader in self.readers:
             reader.close()
+        self.pool.close()  # after the readers: none of them has a job queued any more
 
 
 @dataclass
@@ -110,15 +121,17 @@ def load_image(
             cache.store_tree(layers, tree)
     logger.info("%d layers, %d inodes", len(layers), len(tree))
     blocks = BlockCache(block_cache_bytes)  # one bound on decompressed data, for all layers
+    pool = InflatePool(PREFETCH_WORKERS, cache_share(blocks))  # one bound on prefetch, too
     readers: list[LayerReader] = []
     try:
         for layer, index in zip(layers, indexes, strict=True):
-            readers.append(open_reader(layer, index.points, blocks))
+            readers.append(open_reader(layer, index.points, blocks, pool))
     except BaseException:
         for reader in readers:
             reader.close()
+        pool.close()
         raise
-    return Image(resolved, tree, readers)
+    return Image(resolved, tree, readers, pool)
 
 
 def cached_tree(cache: IndexCache | None, layers: Sequence[LayerRef]) -> MergedTree | None:

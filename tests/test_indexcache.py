@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-import gzip
 import hashlib
 import json
 import logging
@@ -13,18 +12,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from layers import blob_layer, image_of
 from tarbuild import Member, d, f, link, make_tar, sym
 
 from ocifs import cachefile, indexcache, tarscan
+from ocifs.blockcache import BlockCache
 from ocifs.cachefile import CacheMiss, read_file
 from ocifs.errors import LayerError
 from ocifs.gzseek import SeekPoints
 from ocifs.image import LoadReport, load_image
 from ocifs.indexcache import IndexCache
 from ocifs.layerindex import LayerIndex, index_layer
-from ocifs.layerread import BlockCache, DamagedLayer, open_reader
+from ocifs.layerread import DamagedLayer, open_reader
 from ocifs.layout import LayerRef, ResolvedImage
-from ocifs.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TAR, Compression
+from ocifs.mediatypes import OCI_LAYER_GZIP, Compression
 from ocifs.ocibuild import sha256_digest
 from ocifs.tarscan import TarEntry, scan_tar
 from ocifs.tree import TreeBuilder
@@ -46,33 +47,6 @@ def awkward_members() -> list[Member]:
         f("times/ns", b"", pax={"mtime": "1700000000.123456789"}),
         f("big-ids", b"", uid=2**32 - 2, gid=2**31),
     ]
-
-
-def blob_layer(tmp_path: Path, tar: bytes, compression: str, index: int = 0) -> LayerRef:
-    blob = gzip.compress(tar, compresslevel=1, mtime=0) if compression == "gzip" else tar
-    digest = sha256_digest(blob)
-    path = tmp_path / "blobs" / digest[7:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(blob)
-    media_type = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
-    return LayerRef(
-        index, digest, len(blob), media_type, Compression(compression), sha256_digest(tar), path
-    )
-
-
-def image_of(layers: list[LayerRef]) -> ResolvedImage:
-    layers = [
-        LayerRef(n, x.digest, x.size, x.media_type, x.compression, x.diff_id, x.path)
-        for n, x in enumerate(layers)
-    ]
-    return ResolvedImage(
-        layout=layers[0].path.parent,
-        manifest_digest="sha256:" + "0" * 64,
-        config_digest="sha256:" + "1" * 64,
-        config={},
-        platform=None,
-        layers=tuple(layers),
-    )
 
 
 def tree_listing(tree: object) -> list[tuple[bytes, tuple[object, ...]]]:
