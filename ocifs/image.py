@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .blockcache import BLOCK_CACHE_BYTES, BlockCache
+from .cachefile import CacheMiss
 from .errors import LayerError, MergeError
 from .gzseek import DEFAULT_SPACING
-from .indexcache import CacheMiss, IndexCache
+from .indexcache import IndexCache
 from .layerindex import LayerIndex, Progress, index_layer
 from .layerread import LayerReader, open_reader
 from .layout import LayerRef, ResolvedImage

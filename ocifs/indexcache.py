@@ -31,6 +31,7 @@ from typing import Any
 from . import tarscan
 from .cachefile import (
     FORMAT_VERSION,
+    CacheMiss,
     FileSection,
     column,
     pack_json,
@@ -43,7 +44,6 @@ from .cachefile import (
     xattrs_from_json,
     xattrs_to_json,
 )
-from .cachefile import CacheMiss as CacheMiss  # re-exported: the image catches it from here
 from .gzseek import SeekPoints
 from .layerindex import LayerIndex
 from .layout import LayerRef
