@@ -47,8 +47,8 @@ FILE = "file"
 DIR = "dir"
 SYMLINK = "symlink"
 HARDLINK = "hardlink"
-CHAR = "char"
-BLOCK = "block"
+CHARDEV = "char"
+BLOCKDEV = "block"
 FIFO = "fifo"
 
 
@@ -57,7 +57,7 @@ class TarEntry:
     """One member of a tar stream, with every extension header already folded in."""
 
     path: bytes  # the name as the archive gives it (GNU longname / PAX path / ustar prefix)
-    kind: str  # one of FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO
+    kind: str  # one of FILE, DIR, SYMLINK, HARDLINK, CHARDEV, BLOCKDEV, FIFO
     mode: int  # permission bits only: mode & 0o7777
     uid: int
     gid: int
@@ -73,7 +73,7 @@ class TarEntry:
     header_offset: int  # offset of the entry's first header block (for error messages)
 
 
-BLOCKSIZE = 512
+TAR_BLOCK = 512  # tar's unit: every header is one, member data is padded to whole ones
 CHUNK = 1 << 20  # bytes asked of the stream per read
 MAX_SIZE = 1 << 62  # larger sizes (and offsets) are taken as damage
 MAX_LONGNAME = 64 * 1024  # GNU 'L' / 'K' data
@@ -91,7 +91,7 @@ _PAX_NUMBERS = {
 }
 MAX_MTIME_NS = (1 << 63) - 1  # mtime_ns must fit a signed 64-bit time
 
-_ZERO_BLOCK = bytes(BLOCKSIZE)
+_ZERO_BLOCK = bytes(TAR_BLOCK)
 _OCTAL_DIGITS = b"01234567"
 _OCTAL_FIELD_BYTES = b"01234567 \x00"  # all a plain octal field may hold
 _DECIMAL_DIGITS = b"0123456789"
@@ -104,8 +104,8 @@ _REGULAR = {b"0": FILE, b"\x00": FILE, b"7": FILE}
 _NO_DATA = {
     b"1": HARDLINK,
     b"2": SYMLINK,
-    b"3": CHAR,
-    b"4": BLOCK,
+    b"3": CHARDEV,
+    b"4": BLOCKDEV,
     b"5": DIR,
     b"6": FIFO,
 }
@@ -124,7 +124,7 @@ def _show(path: bytes) -> str:
 
 def _pad(size: int) -> int:
     """``size`` rounded up to a whole number of blocks."""
-    return (size + BLOCKSIZE - 1) // BLOCKSIZE * BLOCKSIZE
+    return (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
 class _BadNumber(Exception):
@@ -329,8 +329,8 @@ class _Scanner:
         pending = _Pending()
         while True:
             offset = reader.offset
-            block = reader.take(BLOCKSIZE)
-            if len(block) < BLOCKSIZE:
+            block = reader.take(TAR_BLOCK)
+            if len(block) < TAR_BLOCK:
                 if block:
                     self.fail("truncated in a header", offset)
                 if not pending.empty():
@@ -456,7 +456,7 @@ class _Scanner:
         mode &= 0o7777
         mtime_ns = mtime * 1_000_000_000
         devmajor = devminor = 0
-        if is_ustar and kind in (CHAR, BLOCK):
+        if is_ustar and kind in (CHARDEV, BLOCKDEV):
             devmajor = self.header_number(block, 329, 337, "devmajor", offset, shown)
             devminor = self.header_number(block, 337, 345, "devminor", offset, shown)
 
@@ -536,7 +536,7 @@ class _Scanner:
                 self.fail("NUL byte in the link target", offset, path)
         else:
             linkname = b""
-        if kind not in (CHAR, BLOCK):
+        if kind not in (CHARDEV, BLOCKDEV):
             devmajor = devminor = 0
         if kind != FILE:
             size = 0
@@ -615,8 +615,8 @@ class _Scanner:
             if not extended:
                 break
             ext_offset = self.reader.offset
-            ext = self.reader.take(BLOCKSIZE)
-            if len(ext) < BLOCKSIZE:
+            ext = self.reader.take(TAR_BLOCK)
+            if len(ext) < TAR_BLOCK:
                 self.fail("truncated in a sparse extension header", ext_offset, path)
             area, count, extended = ext[:504], 21, ext[504]
         return self.check_map(segments, logical, size, offset, path), logical
@@ -708,8 +708,8 @@ class _Scanner:
             if len(data) >= min(size, MAX_SPARSE_MAP):
                 self.fail("sparse map runs past the member data", offset, path)
             block_offset = reader.offset
-            block = reader.take(BLOCKSIZE)
-            if len(block) < BLOCKSIZE:
+            block = reader.take(TAR_BLOCK)
+            if len(block) < TAR_BLOCK:
                 self.fail("truncated in the sparse map", block_offset, path)
             data += block
             lines += block.count(b"\n")

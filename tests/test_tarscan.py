@@ -20,8 +20,8 @@ import pytest
 from ocifs import tarscan
 from ocifs.errors import TarFormatError
 from ocifs.tarscan import (
-    BLOCK,
-    CHAR,
+    BLOCKDEV,
+    CHARDEV,
     DIR,
     FIFO,
     FILE,
@@ -193,8 +193,8 @@ def test_every_kind(fmt: int) -> None:
         (b"etc/passwd", FILE),
         (b"etc/link", SYMLINK),
         (b"etc/hard", HARDLINK),
-        (b"dev/null", CHAR),
-        (b"dev/sda", BLOCK),
+        (b"dev/null", CHARDEV),
+        (b"dev/sda", BLOCKDEV),
         (b"run/fifo", FIFO),
     ]
     etc, passwd, symlink, hard, null, sda, fifo = entries
@@ -517,7 +517,7 @@ def test_pax_devices_and_size() -> None:
         + END
     )
     dev, file, after = scan(archive)
-    assert (dev.kind, dev.devmajor, dev.devminor) == (CHAR, 300, 70000)
+    assert (dev.kind, dev.devmajor, dev.devminor) == (CHARDEV, 300, 70000)
     assert (file.size, archive[file.data_offset : file.data_offset + 3]) == (3, b"abc")
     assert archive[after.data_offset : after.data_offset + 5] == b"after"
 
