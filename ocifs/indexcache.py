@@ -59,8 +59,8 @@ KIND_CODES = {
     tarscan.DIR: "d",
     tarscan.SYMLINK: "l",
     tarscan.HARDLINK: "h",
-    tarscan.CHAR: "c",
-    tarscan.BLOCK: "b",
+    tarscan.CHARDEV: "c",
+    tarscan.BLOCKDEV: "b",
     tarscan.FIFO: "p",
 }
 KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}

@@ -17,9 +17,10 @@ header folded in:
 * GNU sparse files: old GNU ``S`` headers and PAX sparse formats 0.0, 0.1 and 1.0;
 * GNU dumpdir ``D`` (a directory) and volume labels ``V`` (skipped).
 
-Anything malformed raises ``TarFormatError`` with one line naming the problem, the byte
-offset of the header and the entry path when it is known. The end-of-archive zero block must
-be followed by zero bytes only.
+Each typeflag has its handler (``_HANDLERS``, after the scanner) and each PAX keyword its
+parser and field (``_PAX_FIELDS``), as in CPython's tarfile. Anything malformed raises
+``TarFormatError`` with one line naming the problem, the byte offset of the header and the
+entry path when it is known. The end-of-archive zero block must be followed by zero bytes only.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 from urllib.parse import unquote_to_bytes
@@ -47,9 +49,12 @@ FILE = "file"
 DIR = "dir"
 SYMLINK = "symlink"
 HARDLINK = "hardlink"
-CHAR = "char"
-BLOCK = "block"
+CHARDEV = "char"
+BLOCKDEV = "block"
 FIFO = "fifo"
+
+_LINKS = frozenset((HARDLINK, SYMLINK))  # the kinds that keep a link target
+_DEVICES = frozenset((CHARDEV, BLOCKDEV))  # the kinds that keep device numbers
 
 
 @dataclass(slots=True)
@@ -57,7 +62,7 @@ class TarEntry:
     """One member of a tar stream, with every extension header already folded in."""
 
     path: bytes  # the name as the archive gives it (GNU longname / PAX path / ustar prefix)
-    kind: str  # one of FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO
+    kind: str  # one of FILE, DIR, SYMLINK, HARDLINK, CHARDEV, BLOCKDEV, FIFO
     mode: int  # permission bits only: mode & 0o7777
     uid: int
     gid: int
@@ -73,25 +78,30 @@ class TarEntry:
     header_offset: int  # offset of the entry's first header block (for error messages)
 
 
-BLOCKSIZE = 512
+TAR_BLOCK = 512  # tar's unit: every header is one, member data is padded to whole ones
 CHUNK = 1 << 20  # bytes asked of the stream per read
 MAX_SIZE = 1 << 62  # larger sizes (and offsets) are taken as damage
 MAX_LONGNAME = 64 * 1024  # GNU 'L' / 'K' data
 MAX_PAX = 8 * 1024 * 1024  # PAX 'x' / 'g' data
 MAX_SPARSE_MAP = 64 * 1024 * 1024  # PAX 1.0 sparse map at the start of the member data
 MAX_SPARSE_SEGMENTS = 1 << 21  # old GNU sparse map (header and extension blocks)
-MAX_ID = 1 << 63  # uid / gid
-# PAX keywords with a plain decimal value, and the largest value each may take.
-_PAX_NUMBERS = {
-    b"size": MAX_SIZE,
-    b"uid": MAX_ID,
-    b"gid": MAX_ID,
-    b"SCHILY.devmajor": MAX_ID,
-    b"SCHILY.devminor": MAX_ID,
-}
+MAX_ID = 1 << 63  # uid / gid / device numbers
 MAX_MTIME_NS = (1 << 63) - 1  # mtime_ns must fit a signed 64-bit time
 
-_ZERO_BLOCK = bytes(BLOCKSIZE)
+# Numeric header fields that error messages name: name -> (start, end) in the header block.
+# The checksum (148, 156) has messages of its own.
+_FIELDS = {
+    "mode": (100, 108),
+    "uid": (108, 116),
+    "gid": (116, 124),
+    "size": (124, 136),
+    "mtime": (136, 148),
+    "devmajor": (329, 337),
+    "devminor": (337, 345),
+    "sparse realsize": (483, 495),
+}
+
+_ZERO_BLOCK = bytes(TAR_BLOCK)
 _OCTAL_DIGITS = b"01234567"
 _OCTAL_FIELD_BYTES = b"01234567 \x00"  # all a plain octal field may hold
 _DECIMAL_DIGITS = b"0123456789"
@@ -99,19 +109,10 @@ _LOW_BYTES = bytes(range(128))
 _POSIX_MAGIC = b"ustar\x00"
 _MTIME_RE = re.compile(rb"(-?)([0-9]{1,20})(?:\.([0-9]*))?")
 
-# Typeflags of real entries whose member data follows the header.
-_REGULAR = {b"0": FILE, b"\x00": FILE, b"7": FILE}
-_NO_DATA = {
-    b"1": HARDLINK,
-    b"2": SYMLINK,
-    b"3": CHAR,
-    b"4": BLOCK,
-    b"5": DIR,
-    b"6": FIFO,
-}
-
 _SCHILY_XATTR = b"SCHILY.xattr."
 _LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
+_GNU_SPARSE = b"GNU.sparse."
+_GNU_SPARSE_NAME = b"GNU.sparse.name"
 
 
 def _show(path: bytes) -> str:
@@ -124,7 +125,37 @@ def _show(path: bytes) -> str:
 
 def _pad(size: int) -> int:
     """``size`` rounded up to a whole number of blocks."""
-    return (size + BLOCKSIZE - 1) // BLOCKSIZE * BLOCKSIZE
+    return (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
+
+
+# -- numbers ---------------------------------------------------------------------------------
+
+# mode, uid, gid, size, mtime and checksum: the adjacent numeric fields at bytes 100-156.
+_Numbers = tuple[int, int, int, int, int, int]
+_NUMBERS_LAYOUT = struct.Struct("8s8s8s12s12s8s")
+
+
+def _plain_numbers(block: bytes) -> _Numbers | None:
+    """The six numbers at bytes 100-156 when all are plain octal (nearly always), else None.
+
+    None sends the caller to ``_number``, field by field, which also decodes base-256 and says
+    what is wrong. A field passes here only as spaces, digits, then NULs and spaces, for which
+    the two agree (``_number`` reads up to the first NUL; int() refuses inner spaces and NULs).
+    """
+    if block[100:156].translate(None, _OCTAL_FIELD_BYTES):
+        return None
+    mode, uid, gid, size, mtime, checksum = _NUMBERS_LAYOUT.unpack_from(block, 100)
+    try:
+        return (
+            int(mode.rstrip(b"\x00 "), 8),
+            int(uid.rstrip(b"\x00 "), 8),
+            int(gid.rstrip(b"\x00 "), 8),
+            int(size.rstrip(b"\x00 "), 8),
+            int(mtime.rstrip(b"\x00 "), 8),
+            int(checksum.rstrip(b"\x00 "), 8),
+        )
+    except ValueError:  # an empty field, a NUL or space among the digits
+        return None
 
 
 class _BadNumber(Exception):
@@ -153,6 +184,47 @@ def _decimal(value: bytes, limit: int) -> int | None:
         return None
     number = int(value)
     return number if number <= limit else None
+
+
+# -- PAX keywords ----------------------------------------------------------------------------
+
+
+def _pax_bytes(value: bytes) -> bytes:
+    return value
+
+
+def _pax_size(value: bytes) -> int | None:
+    return _decimal(value, MAX_SIZE)
+
+
+def _pax_id(value: bytes) -> int | None:
+    return _decimal(value, MAX_ID)
+
+
+def _pax_mtime(value: bytes) -> int | None:
+    """Seconds with an optional fraction, as exact nanoseconds (no float on the way)."""
+    match = _MTIME_RE.fullmatch(value)
+    if match is None:
+        return None
+    sign, whole, fraction = match.groups()
+    nanos = int(whole) * 1_000_000_000 + int((fraction or b"")[:9].ljust(9, b"0"))
+    return -nanos if sign else nanos
+
+
+# PAX keywords that set one TarEntry field: key -> (field, parser). A parser returns None for
+# a bad value; an empty value unsets the keyword, so the header's field stays. Not here:
+# path and GNU.sparse.name (read first, by _Scanner.member_path, so that every message can
+# name the entry), and the families SCHILY.xattr.*, LIBARCHIVE.xattr.* and GNU.sparse.*
+# (_Scanner.apply_pax). Other keywords (atime, ctime, uname, gname, comment...) are ignored.
+_PAX_FIELDS: dict[bytes, tuple[str, Callable[[bytes], int | bytes | None]]] = {
+    b"linkpath": ("linkname", _pax_bytes),
+    b"size": ("size", _pax_size),
+    b"uid": ("uid", _pax_id),
+    b"gid": ("gid", _pax_id),
+    b"mtime": ("mtime_ns", _pax_mtime),
+    b"SCHILY.devmajor": ("devmajor", _pax_id),
+    b"SCHILY.devminor": ("devminor", _pax_id),
+}
 
 
 class _Reader:
@@ -251,6 +323,7 @@ class _Pending:
 class _Scanner:
     def __init__(self, stream: Readable) -> None:
         self.reader = _Reader(stream)
+        self.pending = _Pending()
         self.last_path: bytes | None = None  # for "after entry ..." in messages
 
     def fail(self, problem: str, offset: int, path: bytes | None = None) -> NoReturn:
@@ -264,22 +337,24 @@ class _Scanner:
 
     # -- blocks and numbers -------------------------------------------------------------
 
-    def header_number(
-        self, block: bytes, start: int, end: int, what: str, offset: int, path: bytes | None
-    ) -> int:
+    def header_number(self, block: bytes, what: str, offset: int, path: bytes | None) -> int:
+        """The numeric field ``what`` (a key of _FIELDS) of a header, octal or base-256."""
+        start, end = _FIELDS[what]
         try:
             return _number(block[start:end])
         except _BadNumber as error:
             self.fail(f"bad {what} field ({error}) in header", offset, path)
 
-    def check_checksum(self, block: bytes, offset: int) -> None:
-        try:
-            stored = _number(block[148:156])
-        except _BadNumber:
-            self.fail("bad header checksum field", offset)
-        if not block[148:156].strip(b"\x00 "):
-            self.fail("empty header checksum field", offset)
+    def check_checksum(self, block: bytes, offset: int, stored: int | None) -> None:
+        """``stored``: the checksum field when _plain_numbers could read it, else None."""
         field = block[148:156]
+        if stored is None:
+            try:
+                stored = _number(field)
+            except _BadNumber:
+                self.fail("bad header checksum field", offset)
+            if not field.strip(b"\x00 "):
+                self.fail("empty header checksum field", offset)
         unsigned = sum(block) - sum(field) + 8 * 32
         if stored == unsigned:
             return
@@ -299,7 +374,271 @@ class _Scanner:
         if not self.reader.skip(_pad(size)):
             self.fail("truncated in member data", offset, path)
 
+    # -- the scan ---------------------------------------------------------------------
+
+    def scan(self) -> Iterator[TarEntry]:
+        reader = self.reader
+        handlers = _HANDLERS
+        while True:
+            offset = reader.offset
+            block = reader.take(TAR_BLOCK)
+            if len(block) < TAR_BLOCK:
+                if block:
+                    self.fail("truncated in a header", offset)
+                if not self.pending.empty():
+                    self.fail("archive ends after an extension header", offset)
+                return  # the end of the stream at a header boundary, without end blocks
+            if block == _ZERO_BLOCK:
+                if not self.pending.empty():
+                    self.fail("end of archive right after an extension header", offset)
+                garbage = reader.first_nonzero()
+                if garbage is not None:
+                    self.fail(
+                        f"nonzero byte at offset {garbage} after the end-of-archive marker",
+                        offset,
+                    )
+                return
+            numbers = _plain_numbers(block)
+            if numbers is not None:
+                self.check_checksum(block, offset, numbers[5])
+                size = numbers[3]
+            else:
+                self.check_checksum(block, offset, None)
+                size = self.header_number(block, "size", offset, None)
+            if size > MAX_SIZE:
+                self.fail(f"absurd size {size} in header", offset)
+            handler = handlers.get(block[156:157], _Scanner.unknown)
+            entry = handler(self, block, size, offset, numbers)
+            if entry is not None:
+                if not self.pending.empty():
+                    self.pending = _Pending()
+                self.last_path = entry.path
+                yield entry
+
+    # -- real entries: the parts every kind shares --------------------------------------
+
+    def member_path(self, block: bytes) -> bytes:
+        """The entry's path: PAX path or GNU.sparse.name, GNU long name, or the header's."""
+        name = block[0:100].split(b"\x00", 1)[0]
+        if block[257:263] == _POSIX_MAGIC:
+            prefix = block[345:500].split(b"\x00", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        pending = self.pending
+        if pending.longname is not None:
+            name = pending.longname
+        sparse_name = None
+        for key, value in pending.pax:
+            if key == b"path" and value:
+                name = value
+            elif key == _GNU_SPARSE_NAME and value:
+                sparse_name = value
+        # The real name of a PAX sparse file, whatever the order of the records.
+        return name if sparse_name is None else sparse_name
+
+    def member(
+        self, block: bytes, size: int, offset: int, numbers: _Numbers | None
+    ) -> tuple[TarEntry, list[tuple[bytes, bytes]]]:
+        """The entry of a real header with the pending extension headers applied; no data read.
+
+        Its size is still the stored size, for the handler to skip; also returns the
+        GNU.sparse.* PAX records. Errors name the offset of the entry's first header (its
+        extension headers included), so that is its header_offset.
+        """
+        pending = self.pending
+        if pending.start is not None:
+            offset = pending.start
+        kind = _KINDS[block[156:157]]
+        path = self.member_path(block)
+        shown: bytes | None = path or None
+        if numbers is not None:
+            mode, uid, gid, _, mtime, _ = numbers
+        else:
+            mode = self.header_number(block, "mode", offset, shown)
+            uid = self.header_number(block, "uid", offset, shown)
+            gid = self.header_number(block, "gid", offset, shown)
+            mtime = self.header_number(block, "mtime", offset, shown)
+        linkname = block[157:257].split(b"\x00", 1)[0]
+        if pending.longlink is not None:
+            linkname = pending.longlink
+        devmajor = devminor = 0
+        if kind in _DEVICES and block[257:262] == b"ustar":
+            devmajor = self.header_number(block, "devmajor", offset, shown)
+            devminor = self.header_number(block, "devminor", offset, shown)
+        entry = TarEntry(
+            path=path,
+            kind=kind,
+            mode=mode & 0o7777,
+            uid=uid,
+            gid=gid,
+            mtime_ns=mtime * 1_000_000_000,
+            size=size,
+            linkname=linkname,
+            devmajor=devmajor,
+            devminor=devminor,
+            xattrs=None,
+            data_offset=self.reader.offset,
+            sparse=None,
+            header_offset=offset,
+        )
+        sparse_records = self.apply_pax(entry, shown) if pending.pax else []
+
+        if not path:
+            self.fail("entry with an empty name", offset)
+        if b"\x00" in path:
+            self.fail("NUL byte in the entry name", offset, shown)
+        if not -MAX_MTIME_NS <= entry.mtime_ns <= MAX_MTIME_NS:
+            self.fail("mtime out of range", offset, path)
+        if kind in _LINKS:
+            if b"\x00" in entry.linkname:
+                self.fail("NUL byte in the link target", offset, path)
+        else:
+            entry.linkname = b""
+        if kind not in _DEVICES:
+            entry.devmajor = entry.devminor = 0
+        return entry, sparse_records
+
+    def apply_pax(self, entry: TarEntry, shown: bytes | None) -> list[tuple[bytes, bytes]]:
+        """Set the entry's fields from the pending PAX records, in order (the last one wins).
+
+        Returns the GNU.sparse.* records, which describe the sparse map.
+        """
+        sparse_records: list[tuple[bytes, bytes]] = []
+        offset = entry.header_offset
+        for key, value in self.pending.pax:
+            rule = _PAX_FIELDS.get(key)
+            if rule is not None:
+                if value:
+                    field, parse = rule
+                    parsed = parse(value)
+                    if parsed is None:
+                        self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, shown)
+                    setattr(entry, field, parsed)
+            elif key.startswith(_SCHILY_XATTR):
+                name = key[len(_SCHILY_XATTR) :]
+                if not name:
+                    self.fail("PAX xattr record without a name", offset, shown)
+                if entry.xattrs is None:
+                    entry.xattrs = {}
+                entry.xattrs[name] = value  # binary and empty values kept as they are
+            elif key.startswith(_LIBARCHIVE_XATTR):
+                name = unquote_to_bytes(key[len(_LIBARCHIVE_XATTR) :])
+                if not name:
+                    self.fail("PAX xattr record without a name", offset, shown)
+                try:  # libarchive writes base64 without its '=' padding
+                    decoded = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
+                except (binascii.Error, ValueError):
+                    self.fail(f"bad base64 value for xattr {_show(name)}", offset, shown)
+                if entry.xattrs is None:
+                    entry.xattrs = {}
+                entry.xattrs[name] = decoded
+            elif key.startswith(_GNU_SPARSE) and value and key != _GNU_SPARSE_NAME:
+                sparse_records.append((key, value))
+        return sparse_records
+
+    # -- the handlers of _HANDLERS, one per kind of header --------------------------------
+    # Each takes the header block, its size field, its offset and _plain_numbers(block),
+    # reads what follows the header, and returns the entry (None for an extension header).
+
+    def regular(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> TarEntry:
+        """'0', NUL and '7' (contiguous): a file, maybe PAX sparse, or a pre-POSIX directory."""
+        entry, sparse_records = self.member(block, size, offset, numbers)
+        if block[257:262] != b"ustar" and entry.path.endswith(b"/"):
+            entry.kind = DIR  # pre-POSIX archives mark directories with a trailing slash
+        elif sparse_records:
+            path = entry.path
+            sparse, logical, map_size = self.pax_sparse(
+                sparse_records, entry.size, entry.header_offset, path
+            )
+            entry.data_offset = self.reader.offset
+            self.skip_data(entry.size - map_size, entry.header_offset, path)
+            entry.size = logical
+            entry.sparse = sparse
+            return entry
+        self.skip_data(entry.size, entry.header_offset, entry.path)
+        if entry.kind == DIR:
+            entry.size = 0
+        return entry
+
+    def header_only(
+        self, block: bytes, size: int, offset: int, numbers: _Numbers | None
+    ) -> TarEntry:
+        """'1'-'6': links, devices, directories, FIFOs: no data, whatever the size field says."""
+        entry, _ = self.member(block, size, offset, numbers)
+        entry.size = 0
+        return entry
+
+    def dumpdir(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> TarEntry:
+        """'D': a GNU dumpdir, a directory whose data (a list of its names) is skipped."""
+        entry, _ = self.member(block, size, offset, numbers)
+        self.skip_data(entry.size, entry.header_offset, entry.path)
+        entry.size = 0
+        return entry
+
+    def old_sparse(
+        self, block: bytes, size: int, offset: int, numbers: _Numbers | None
+    ) -> TarEntry:
+        """'S': an old GNU sparse file; its map is in the header and extension blocks."""
+        entry, _ = self.member(block, size, offset, numbers)
+        path = entry.path
+        sparse, logical = self.old_gnu_sparse(block, entry.size, entry.header_offset, path)
+        entry.data_offset = self.reader.offset
+        self.skip_data(entry.size, entry.header_offset, path)
+        entry.size = logical
+        entry.sparse = sparse
+        return entry
+
+    def long_name(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
+        """'L': the GNU long name of the next entry."""
+        self.pending.longname = self.gnu_long_data(size, offset, "GNU long name")
+
+    def long_link(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
+        """'K': the GNU long link target of the next entry."""
+        self.pending.longlink = self.gnu_long_data(size, offset, "GNU long link")
+
+    def gnu_long_data(self, size: int, offset: int, what: str) -> bytes:
+        if size > MAX_LONGNAME:
+            self.fail(f"{what} of {size} bytes (over {MAX_LONGNAME})", offset)
+        data = self.read_data(size, offset, what).split(b"\x00", 1)[0]
+        if self.pending.start is None:
+            self.pending.start = offset
+        return data
+
+    def pax_extended(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
+        """'x': PAX records for the next entry; several such headers add up."""
+        records = self.pax_data(size, offset)
+        pending = self.pending
+        pending.pax_bytes += size
+        if pending.pax_bytes > MAX_PAX:
+            self.fail(f"PAX headers of one entry over {MAX_PAX} bytes", offset)
+        if pending.start is None:
+            pending.start = offset
+        pending.pax.extend(records)
+
+    def pax_global(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
+        """'g': validated, then ignored; its defaults apply to no entry (A10)."""
+        self.pax_data(size, offset)
+        logger.debug("ignoring PAX global header at offset %d", offset)
+
+    def volume_label(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
+        """'V': a GNU volume label, which is no entry."""
+        logger.debug("skipping GNU volume label at offset %d", offset)
+        self.skip_data(size, offset, None)
+
+    def unknown(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> NoReturn:
+        """Any other typeflag (GNU multi-volume 'M', vendor types...): an error."""
+        if self.pending.start is not None:
+            offset = self.pending.start
+        path = self.member_path(block)
+        self.fail(f"unsupported typeflag {block[156:157]!r}", offset, path or None)
+
     # -- PAX --------------------------------------------------------------------------
+
+    def pax_data(self, size: int, offset: int) -> list[tuple[bytes, bytes]]:
+        """The records of a PAX 'x' or 'g' header, read from its data."""
+        if size > MAX_PAX:
+            self.fail(f"PAX header of {size} bytes (over {MAX_PAX})", offset)
+        return self.pax_records(self.read_data(size, offset, "PAX"), offset)
 
     def pax_records(self, data: bytes, offset: int) -> list[tuple[bytes, bytes]]:
         """Split PAX extended header data into (key, value) records, strictly, in order."""
@@ -321,249 +660,6 @@ class _Scanner:
             records.append((data[space + 1 : equals], data[equals + 1 : record_end - 1]))
             pos = record_end
         return records
-
-    # -- the scan ---------------------------------------------------------------------
-
-    def scan(self) -> Iterator[TarEntry]:
-        reader = self.reader
-        pending = _Pending()
-        while True:
-            offset = reader.offset
-            block = reader.take(BLOCKSIZE)
-            if len(block) < BLOCKSIZE:
-                if block:
-                    self.fail("truncated in a header", offset)
-                if not pending.empty():
-                    self.fail("archive ends after an extension header", offset)
-                return  # the end of the stream at a header boundary, without end blocks
-            if block == _ZERO_BLOCK:
-                if not pending.empty():
-                    self.fail("end of archive right after an extension header", offset)
-                garbage = reader.first_nonzero()
-                if garbage is not None:
-                    self.fail(
-                        f"nonzero byte at offset {garbage} after the end-of-archive marker",
-                        offset,
-                    )
-                return
-            self.check_checksum(block, offset)
-            typeflag = block[156:157]
-            field = block[124:136]
-            try:  # fast path for the usual plain octal field; the slow one names the problem
-                if field.translate(None, _OCTAL_FIELD_BYTES):
-                    raise ValueError
-                size = int(field.split(b"\x00", 1)[0], 8)
-            except ValueError:
-                size = self.header_number(block, 124, 136, "size", offset, None)
-            if size > MAX_SIZE:
-                self.fail(f"absurd size {size} in header", offset)
-
-            if typeflag == b"L" or typeflag == b"K":
-                what = "GNU long name" if typeflag == b"L" else "GNU long link"
-                if size > MAX_LONGNAME:
-                    self.fail(f"{what} of {size} bytes (over {MAX_LONGNAME})", offset)
-                data = self.read_data(size, offset, what).split(b"\x00", 1)[0]
-                if pending.start is None:
-                    pending.start = offset
-                if typeflag == b"L":
-                    pending.longname = data
-                else:
-                    pending.longlink = data
-                continue
-            if typeflag == b"x" or typeflag == b"g":
-                if size > MAX_PAX:
-                    self.fail(f"PAX header of {size} bytes (over {MAX_PAX})", offset)
-                records = self.pax_records(self.read_data(size, offset, "PAX"), offset)
-                if typeflag == b"x":
-                    pending.pax_bytes += size
-                    if pending.pax_bytes > MAX_PAX:
-                        self.fail(f"PAX headers of one entry over {MAX_PAX} bytes", offset)
-                    if pending.start is None:
-                        pending.start = offset
-                    pending.pax.extend(records)
-                else:
-                    logger.debug("ignoring PAX global header at offset %d", offset)
-                continue
-            if typeflag == b"V":
-                logger.debug("skipping GNU volume label at offset %d", offset)
-                self.skip_data(size, offset, None)
-                continue
-
-            entry = self.entry(block, typeflag, size, offset, pending)
-            pending = _Pending()
-            self.last_path = entry.path
-            yield entry
-
-    def entry(
-        self, block: bytes, typeflag: bytes, size: int, offset: int, pending: _Pending
-    ) -> TarEntry:
-        """Build the entry of a real header and read past its data.
-
-        Errors name the offset of the entry's first header (its extension headers included).
-        """
-        reader = self.reader
-        header_offset = offset if pending.start is None else pending.start
-        offset = header_offset
-        magic = block[257:263]
-        is_ustar = magic[:5] == b"ustar"
-        name = block[0:100].split(b"\x00", 1)[0]
-        if magic == _POSIX_MAGIC:
-            prefix = block[345:500].split(b"\x00", 1)[0]
-            if prefix:
-                name = prefix + b"/" + name
-        path = pending.longname if pending.longname is not None else name
-        linkname = block[157:257].split(b"\x00", 1)[0]
-        if pending.longlink is not None:
-            linkname = pending.longlink
-
-        # The path first, so that later messages can name it.
-        pax = pending.pax
-        sparse_name = None
-        for key, value in pax:
-            if key == b"path" and value:
-                path = value
-            elif key == b"GNU.sparse.name" and value:
-                sparse_name = value
-        if sparse_name is not None:
-            path = sparse_name  # the real name of a PAX sparse file, whatever the order
-        shown: bytes | None = path or None
-
-        if typeflag in _REGULAR:
-            kind = FILE
-            if not is_ustar and path.endswith(b"/"):
-                kind = DIR  # pre-POSIX archives mark directories with a trailing slash
-        elif typeflag in _NO_DATA:
-            kind = _NO_DATA[typeflag]
-        elif typeflag == b"S":
-            kind = FILE
-        elif typeflag == b"D":
-            kind = DIR
-        else:
-            self.fail(f"unsupported typeflag {typeflag!r}", offset, shown)
-
-        try:  # fast path for the usual plain octal fields; the slow one names the problem
-            if block[100:148].translate(None, _OCTAL_FIELD_BYTES):
-                raise ValueError
-            mode = int(block[100:108].split(b"\x00", 1)[0], 8)
-            uid = int(block[108:116].split(b"\x00", 1)[0], 8)
-            gid = int(block[116:124].split(b"\x00", 1)[0], 8)
-            mtime = int(block[136:148].split(b"\x00", 1)[0], 8)
-        except ValueError:
-            mode = self.header_number(block, 100, 108, "mode", offset, shown)
-            uid = self.header_number(block, 108, 116, "uid", offset, shown)
-            gid = self.header_number(block, 116, 124, "gid", offset, shown)
-            mtime = self.header_number(block, 136, 148, "mtime", offset, shown)
-        mode &= 0o7777
-        mtime_ns = mtime * 1_000_000_000
-        devmajor = devminor = 0
-        if is_ustar and kind in (CHAR, BLOCK):
-            devmajor = self.header_number(block, 329, 337, "devmajor", offset, shown)
-            devminor = self.header_number(block, 337, 345, "devminor", offset, shown)
-
-        xattrs: dict[bytes, bytes] | None = None
-        sparse_keys: list[tuple[bytes, bytes]] = []
-        for key, value in pax:
-            if key.startswith(_SCHILY_XATTR):
-                xname = key[len(_SCHILY_XATTR) :]
-                if not xname:
-                    self.fail("PAX xattr record without a name", offset, shown)
-                if xattrs is None:
-                    xattrs = {}
-                xattrs[xname] = value
-            elif key.startswith(_LIBARCHIVE_XATTR):
-                xname = unquote_to_bytes(key[len(_LIBARCHIVE_XATTR) :])
-                if not xname:
-                    self.fail("PAX xattr record without a name", offset, shown)
-                try:
-                    decoded = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
-                except (binascii.Error, ValueError):
-                    self.fail(f"bad base64 value for xattr {_show(xname)}", offset, shown)
-                if xattrs is None:
-                    xattrs = {}
-                xattrs[xname] = decoded
-            elif not value:
-                continue  # an empty value unsets the keyword: keep the header's field
-            elif key == b"path" or key == b"GNU.sparse.name":
-                pass  # done above
-            elif key == b"linkpath":
-                linkname = value
-            elif key in _PAX_NUMBERS:
-                number = _decimal(value, _PAX_NUMBERS[key])
-                if number is None:
-                    self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, shown)
-                if key == b"size":
-                    size = number
-                elif key == b"uid":
-                    uid = number
-                elif key == b"gid":
-                    gid = number
-                elif key == b"SCHILY.devmajor":
-                    devmajor = number
-                else:
-                    devminor = number
-            elif key == b"mtime":
-                mtime_ns = self.pax_mtime(value, offset, shown)
-            elif key.startswith(b"GNU.sparse."):
-                sparse_keys.append((key, value))
-
-        if not path:
-            self.fail("entry with an empty name", offset)
-        if b"\x00" in path:
-            self.fail("NUL byte in the entry name", offset, shown)
-        if not -MAX_MTIME_NS <= mtime_ns <= MAX_MTIME_NS:
-            self.fail("mtime out of range", offset, path)
-
-        sparse: tuple[tuple[int, int], ...] | None = None
-        if typeflag == b"S":
-            sparse, logical = self.old_gnu_sparse(block, size, offset, path)
-            data_offset = reader.offset
-            self.skip_data(size, offset, path)
-            size = logical
-        elif typeflag in _REGULAR or typeflag == b"D":
-            if kind == FILE and sparse_keys:
-                sparse, logical, map_size = self.pax_sparse(sparse_keys, size, offset, path)
-                data_offset = reader.offset
-                self.skip_data(size - map_size, offset, path)
-                size = logical
-            else:
-                data_offset = reader.offset
-                self.skip_data(size, offset, path)
-        else:
-            data_offset = reader.offset
-
-        if kind in (HARDLINK, SYMLINK):
-            if b"\x00" in linkname:
-                self.fail("NUL byte in the link target", offset, path)
-        else:
-            linkname = b""
-        if kind not in (CHAR, BLOCK):
-            devmajor = devminor = 0
-        if kind != FILE:
-            size = 0
-        return TarEntry(
-            path=path,
-            kind=kind,
-            mode=mode,
-            uid=uid,
-            gid=gid,
-            mtime_ns=mtime_ns,
-            size=size,
-            linkname=linkname,
-            devmajor=devmajor,
-            devminor=devminor,
-            xattrs=xattrs,
-            data_offset=data_offset,
-            sparse=sparse,
-            header_offset=header_offset,
-        )
-
-    def pax_mtime(self, value: bytes, offset: int, path: bytes | None) -> int:
-        match = _MTIME_RE.fullmatch(value)
-        if match is None:
-            self.fail(f"bad PAX mtime {value[:40]!r}", offset, path)
-        sign, whole, fraction = match.groups()
-        nanos = int(whole) * 1_000_000_000 + int((fraction or b"")[:9].ljust(9, b"0"))
-        return -nanos if sign else nanos
 
     # -- sparse files -----------------------------------------------------------------
 
@@ -598,7 +694,7 @@ class _Scanner:
         self, block: bytes, size: int, offset: int, path: bytes
     ) -> tuple[tuple[tuple[int, int], ...], int]:
         """The map of an old GNU 'S' header and its extension blocks, and the real size."""
-        logical = self.header_number(block, 483, 495, "sparse realsize", offset, path)
+        logical = self.header_number(block, "sparse realsize", offset, path)
         segments: list[tuple[int, int]] = []
         area, count, extended = block[386:482], 4, block[482]
         while True:
@@ -615,8 +711,8 @@ class _Scanner:
             if not extended:
                 break
             ext_offset = self.reader.offset
-            ext = self.reader.take(BLOCKSIZE)
-            if len(ext) < BLOCKSIZE:
+            ext = self.reader.take(TAR_BLOCK)
+            if len(ext) < TAR_BLOCK:
                 self.fail("truncated in a sparse extension header", ext_offset, path)
             area, count, extended = ext[:504], 21, ext[504]
         return self.check_map(segments, logical, size, offset, path), logical
@@ -708,8 +804,8 @@ class _Scanner:
             if len(data) >= min(size, MAX_SPARSE_MAP):
                 self.fail("sparse map runs past the member data", offset, path)
             block_offset = reader.offset
-            block = reader.take(BLOCKSIZE)
-            if len(block) < BLOCKSIZE:
+            block = reader.take(TAR_BLOCK)
+            if len(block) < TAR_BLOCK:
                 self.fail("truncated in the sparse map", block_offset, path)
             data += block
             lines += block.count(b"\n")
@@ -725,6 +821,43 @@ class _Scanner:
                 self.fail("bad number in the sparse map", offset, path)
             numbers.append(number)
         return list(zip(numbers[::2], numbers[1::2], strict=True)), len(data)
+
+
+# A handler for every typeflag (the header's byte 156), as CPython's tarfile dispatches them.
+_HANDLERS: dict[bytes, Callable[[_Scanner, bytes, int, int, _Numbers | None], TarEntry | None]]
+_HANDLERS = {
+    b"0": _Scanner.regular,
+    b"\x00": _Scanner.regular,  # pre-POSIX regular file
+    b"7": _Scanner.regular,  # contiguous file: a regular file to all but its writer
+    b"1": _Scanner.header_only,  # hard link
+    b"2": _Scanner.header_only,  # symbolic link
+    b"3": _Scanner.header_only,  # character device
+    b"4": _Scanner.header_only,  # block device
+    b"5": _Scanner.header_only,  # directory
+    b"6": _Scanner.header_only,  # FIFO
+    b"D": _Scanner.dumpdir,
+    b"S": _Scanner.old_sparse,
+    b"L": _Scanner.long_name,
+    b"K": _Scanner.long_link,
+    b"x": _Scanner.pax_extended,
+    b"g": _Scanner.pax_global,
+    b"V": _Scanner.volume_label,
+}
+# The kind of entry each real entry's typeflag makes ('0', NUL and '7' may still turn out to
+# be pre-POSIX directories).
+_KINDS = {
+    b"0": FILE,
+    b"\x00": FILE,
+    b"7": FILE,
+    b"1": HARDLINK,
+    b"2": SYMLINK,
+    b"3": CHARDEV,
+    b"4": BLOCKDEV,
+    b"5": DIR,
+    b"6": FIFO,
+    b"D": DIR,
+    b"S": FILE,
+}
 
 
 def scan_tar(stream: Readable) -> Iterator[TarEntry]:

@@ -29,7 +29,7 @@ from .cachefile import (
     xattrs_to_json,
 )
 from .errors import MergeError
-from .tarscan import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
+from .tarscan import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ FILE_TYPES = {
     FILE: stat.S_IFREG,
     DIR: stat.S_IFDIR,
     SYMLINK: stat.S_IFLNK,
-    CHAR: stat.S_IFCHR,
-    BLOCK: stat.S_IFBLK,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
     FIFO: stat.S_IFIFO,
 }
 
@@ -270,7 +270,7 @@ def new_leaf(layer: int, entry: TarEntry) -> Node:
         node.mode = stat.S_IFLNK | 0o777  # Linux symlinks are always 0777, whatever the header says
         node.target = entry.linkname
         node.size = len(entry.linkname)  # A2
-    elif entry.kind in (CHAR, BLOCK):
+    elif entry.kind in (CHARDEV, BLOCKDEV):
         node.rdev = make_rdev(entry.devmajor, entry.devminor)
     return node
 

@@ -20,8 +20,8 @@ import pytest
 from ocifs import tarscan
 from ocifs.errors import TarFormatError
 from ocifs.tarscan import (
-    BLOCK,
-    CHAR,
+    BLOCKDEV,
+    CHARDEV,
     DIR,
     FIFO,
     FILE,
@@ -193,8 +193,8 @@ def test_every_kind(fmt: int) -> None:
         (b"etc/passwd", FILE),
         (b"etc/link", SYMLINK),
         (b"etc/hard", HARDLINK),
-        (b"dev/null", CHAR),
-        (b"dev/sda", BLOCK),
+        (b"dev/null", CHARDEV),
+        (b"dev/sda", BLOCKDEV),
         (b"run/fifo", FIFO),
     ]
     etc, passwd, symlink, hard, null, sda, fifo = entries
@@ -517,7 +517,7 @@ def test_pax_devices_and_size() -> None:
         + END
     )
     dev, file, after = scan(archive)
-    assert (dev.kind, dev.devmajor, dev.devminor) == (CHAR, 300, 70000)
+    assert (dev.kind, dev.devmajor, dev.devminor) == (CHARDEV, 300, 70000)
     assert (file.size, archive[file.data_offset : file.data_offset + 3]) == (3, b"abc")
     assert archive[after.data_offset : after.data_offset + 5] == b"after"
 
@@ -982,3 +982,178 @@ def test_octal_field_variants() -> None:
         assert (entry.mode, entry.uid) == (expected, expected), field
     for bad in (b"7 55\x00", b"+755\x00", b"7_55\x00", b"0o755\x00", b"\t755\x00", b"789\x00"):
         expect_error(header(b"f", raw={100: bad + b"\x00" * (8 - len(bad))}) + END, "bad mode")
+
+
+# -- the handler and PAX tables ------------------------------------------------------------
+
+GNU_MAGIC = b"ustar  \x00"
+
+
+def typeflag_case(typeflag: bytes) -> tuple[bytes, list[tuple[bytes, str, int, bytes]]]:
+    """An archive whose first header has ``typeflag`` and a 3-byte size field, then a member
+    "next"; and the (path, kind, size, linkname) of the entries it must give."""
+    data = b"abc"  # stored after the header only where the typeflag says data follows
+    nxt = member(b"next", b"N")
+    after = [(b"next", FILE, 1, b"")]
+
+    def with_data(name: bytes, **kw: object) -> bytes:
+        return member(name, data, typeflag=typeflag, **kw) + nxt + END
+
+    def header_only(name: bytes, **kw: object) -> bytes:
+        return header(name, typeflag=typeflag, size=len(data), **kw) + nxt + END  # type: ignore[arg-type]
+
+    cases: dict[bytes, tuple[bytes, list[tuple[bytes, str, int, bytes]]]] = {
+        b"0": (with_data(b"f"), [(b"f", FILE, 3, b""), *after]),
+        b"\x00": (with_data(b"f", magic=b""), [(b"f", FILE, 3, b""), *after]),
+        b"7": (with_data(b"f"), [(b"f", FILE, 3, b""), *after]),
+        b"1": (header_only(b"h", linkname=b"f"), [(b"h", HARDLINK, 0, b"f"), *after]),
+        b"2": (header_only(b"l", linkname=b"t"), [(b"l", SYMLINK, 0, b"t"), *after]),
+        b"3": (header_only(b"c", devmajor=1, devminor=3), [(b"c", CHARDEV, 0, b""), *after]),
+        b"4": (header_only(b"b", devmajor=8), [(b"b", BLOCKDEV, 0, b""), *after]),
+        b"5": (header_only(b"d"), [(b"d", DIR, 0, b""), *after]),
+        b"6": (header_only(b"p"), [(b"p", FIFO, 0, b""), *after]),
+        b"D": (with_data(b"dump", magic=GNU_MAGIC), [(b"dump", DIR, 0, b""), *after]),
+        b"S": (old_gnu_sparse([(2, 3)], 9, data) + nxt + END, [(b"s", FILE, 9, b""), *after]),
+        b"L": (with_data(b"././@LongLink"), [(b"abcnext", FILE, 1, b"")]),
+        b"K": (
+            member(b"././@LongLink", b"target", typeflag=b"K")
+            + header(b"l", typeflag=b"2")
+            + nxt
+            + END,
+            [(b"l", SYMLINK, 0, b"target"), *after],
+        ),
+        b"x": (pax([(b"path", b"renamed")]) + nxt + END, [(b"renamed", FILE, 1, b"")]),
+        b"g": (pax([(b"path", b"renamed")], typeflag=b"g") + nxt + END, after),
+        b"V": (with_data(b"label", magic=GNU_MAGIC), after),
+    }
+    if typeflag == b"L":  # the long name is the data itself: make it a whole name
+        archive = member(b"././@LongLink", b"abcnext\x00", typeflag=b"L") + nxt + END
+        return archive, cases[b"L"][1]
+    return cases[typeflag]
+
+
+@pytest.mark.parametrize("typeflag", sorted(tarscan._HANDLERS), ids=repr)
+def test_every_handler(typeflag: bytes) -> None:
+    """Each typeflag of the handler table: its entry (or none), and the data it skips."""
+    archive, expected = typeflag_case(typeflag)
+    entries = scan(archive)
+    assert [(e.path, e.kind, e.size, e.linkname) for e in entries] == expected
+    nxt = entries[-1]
+    assert archive[nxt.data_offset : nxt.data_offset + 1] == b"N"
+    # an extension header of "next" itself is where its entry starts
+    assert nxt.header_offset == (0 if typeflag in b"Lx" else nxt.data_offset - 512)
+    if typeflag in tarscan._KINDS:
+        assert entries[0].header_offset == 0
+        assert (typeflag in b"34") == (entries[0].devmajor != 0)
+
+
+def test_handler_table_and_kind_table_agree() -> None:
+    """Every real entry's typeflag has a kind; extension headers and labels have none."""
+    no_entry = {b"L", b"K", b"x", b"g", b"V"}
+    assert set(tarscan._KINDS) == set(tarscan._HANDLERS) - no_entry
+    expect_error(member(b"q", typeflag=b"A") + END, "unsupported typeflag b'A'", "'q'")
+
+
+def test_unknown_typeflag_names_the_extended_path() -> None:
+    archive = member(b"ok") + pax([(b"path", b"long/name")]) + header(b"short", typeflag=b"M")
+    assert expect_error(archive + END) == (
+        "unsupported typeflag b'M' at offset 512 (entry 'long/name')"
+    )
+
+
+# key -> (a good value, the field it sets, what it becomes)
+PAX_FIELD_CASES: dict[bytes, tuple[bytes, str, object]] = {
+    b"linkpath": (b"t\xffarget", "linkname", b"t\xffarget"),
+    b"size": (b"2", "size", 2),
+    b"uid": (b"4000000000", "uid", 4_000_000_000),
+    b"gid": (b"70000", "gid", 70000),
+    b"mtime": (b"-3.5", "mtime_ns", -3_500_000_000),
+    b"SCHILY.devmajor": (b"259", "devmajor", 259),
+    b"SCHILY.devminor": (b"1048575", "devminor", 1048575),
+}
+
+
+@pytest.mark.parametrize("key", sorted(tarscan._PAX_FIELDS), ids=bytes.decode)
+def test_every_pax_field(key: bytes) -> None:
+    """Each keyword of the PAX table sets its field, an empty value keeps the header's, and a
+    bad value fails naming the keyword."""
+    value, field, expected = PAX_FIELD_CASES[key]
+    typeflag = b"2" if field == "linkname" else b"3" if field.startswith("dev") else b"0"
+    data = b"xy" if typeflag == b"0" else b""
+
+    def entry(records: list[tuple[bytes, bytes]]) -> TarEntry:
+        plain = header(b"e", typeflag=typeflag, size=len(data), linkname=b"l", devmajor=1)
+        (found,) = scan(pax(records) + plain + padded(data) + END)
+        return found
+
+    assert getattr(entry([(key, value)]), field) == expected
+    kept = getattr(scan(header(b"e", typeflag=typeflag, linkname=b"l", devmajor=1) + END)[0], field)
+    if field != "size":  # a header-only kind's size is 0 whatever the PAX size says
+        assert getattr(entry([(key, b"")]), field) == kept
+    if key != b"linkpath":
+        expect_error(pax([(key, b"1x")]) + member(b"e") + END, f"bad PAX {key.decode()} b'1x'")
+
+
+def test_pax_table_is_all_tested() -> None:
+    assert set(PAX_FIELD_CASES) == set(tarscan._PAX_FIELDS)
+    assert all(field in TarEntry.__slots__ for field, _ in tarscan._PAX_FIELDS.values())
+
+
+def test_unknown_and_lookalike_pax_keys_are_ignored() -> None:
+    """Keywords ocifs does not use change nothing, however they look (as before the table)."""
+    ignored = [
+        (b"atime", b"1.5"),
+        (b"ctime", b"not even a number"),
+        (b"uname", b"root"),
+        (b"gname", b"wheel"),
+        (b"comment", b"c"),
+        (b"charset", b"BINARY"),
+        (b"SCHILY.fflags", b"nodump"),
+        (b"SCHILY.xattr", b"no dot, so no name"),
+        (b"LIBARCHIVE.creationtime", b"1"),
+        (b"pathx", b"elsewhere"),
+        (b"Size", b"99"),
+        (b"GNU.sparse", b"no dot"),
+    ]
+    plain = member(b"f", b"data", uid=3, mtime=7)
+    (expected,) = scan(plain + END)
+    (entry,) = scan(pax(ignored) + plain + END)
+    for field in TarEntry.__slots__:
+        if field not in ("data_offset", "header_offset"):
+            assert getattr(entry, field) == getattr(expected, field), field
+    assert entry.data_offset == expected.data_offset + len(pax(ignored))
+
+
+def test_gnu_sparse_name_alone_is_no_sparse_file() -> None:
+    """GNU.sparse.name only renames: without the other GNU.sparse.* keys, no sparse map."""
+    (entry,) = scan(pax([(b"GNU.sparse.name", b"real")]) + member(b"f", b"abc") + END)
+    assert (entry.path, entry.size, entry.sparse) == (b"real", 3, None)
+
+
+@pytest.mark.parametrize("name", sorted(tarscan._FIELDS))
+def test_every_numeric_field_named_in_its_error(name: str) -> None:
+    start, end = tarscan._FIELDS[name]
+    bad = b"9" + b"\x00" * (end - start - 1)
+    typeflag = b"S" if name == "sparse realsize" else b"3" if name.startswith("dev") else b"0"
+    magic = GNU_MAGIC if typeflag == b"S" else b"ustar\x0000"
+    block = header(b"n", typeflag=typeflag, magic=magic, raw={start: bad})
+    expect_error(block + END, f"bad {name} field (not octal) in header at offset 0")
+
+
+def test_plain_numbers_agree_with_the_slow_path() -> None:
+    """The fast path reads a field only where _number would read the same value."""
+    rng = random.Random(7)
+    alphabet = b"01234567 \x00" * 4 + b"9+-_\t"
+    spans = [(100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156)]
+    taken = 0
+    for _ in range(20000):
+        block = bytearray(512)
+        for start, end in spans:
+            block[start:end] = b"%0*o\x00" % (end - start - 1, rng.randrange(8**5))
+        start, end = rng.choice(spans)  # one field of odd but maybe plain bytes
+        block[start:end] = bytes(rng.choice(alphabet) for _ in range(end - start))
+        numbers = tarscan._plain_numbers(bytes(block))
+        if numbers is not None:
+            taken += 1
+            assert list(numbers) == [tarscan._number(block[s:e]) for s, e in spans]
+    assert taken > 1000  # the fast path was exercised, not just refused
