@@ -417,8 +417,12 @@ def store_fixed_layer_and_tree(root: Path) -> tuple[Path, Path]:
         fixed_entry(
             b"etc/passwd-link", tarscan.HARDLINK, linkname=b"etc/passwd", header_offset=3584
         ),
-        fixed_entry(b"dev/null", tarscan.CHAR, 0o666, devmajor=1, devminor=3, header_offset=4096),
-        fixed_entry(b"dev/sda", tarscan.BLOCK, 0o660, devmajor=8, devminor=0, header_offset=4608),
+        fixed_entry(
+            b"dev/null", tarscan.CHARDEV, 0o666, devmajor=1, devminor=3, header_offset=4096
+        ),
+        fixed_entry(
+            b"dev/sda", tarscan.BLOCKDEV, 0o660, devmajor=8, devminor=0, header_offset=4608
+        ),
         fixed_entry(b"run/fifo", tarscan.FIFO, header_offset=5120),
         fixed_entry(
             b"var/sparse",
