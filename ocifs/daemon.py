@@ -35,6 +35,7 @@ from .fuse_ops import ImageOperations
 from .image import Image
 from .indexcache import default_cache_dir
 from .mountinfo import unescape_mount_path
+from .xdg import ocifs_dir
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +86,7 @@ def log_to_file(log_fd: int, debug: bool) -> None:
 
 def default_state_dir() -> Path:
     """``$XDG_STATE_HOME/ocifs``, ``~/.local/state/ocifs`` by default (as the XDG spec says)."""
-    base = os.environ.get("XDG_STATE_HOME") or ""
-    if not os.path.isabs(base):  # the XDG spec says to ignore a relative value
-        base = os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "ocifs"
+    return ocifs_dir("XDG_STATE_HOME", os.path.join(".local", "state"))
 
 
 def log_file_name(target: str) -> str:

@@ -49,6 +49,7 @@ from .layerindex import LayerIndex
 from .layout import LayerRef
 from .tarscan import TarEntry
 from .tree import MergedTree
+from .xdg import ocifs_dir
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,8 @@ KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or ""
-    if not os.path.isabs(base):  # the XDG spec says to ignore a relative value
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ocifs"
+    """``$XDG_CACHE_HOME/ocifs``, ``~/.cache/ocifs`` by default."""
+    return ocifs_dir("XDG_CACHE_HOME", ".cache")
 
 
 class IndexCache:
