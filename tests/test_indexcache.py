@@ -390,6 +390,20 @@ def fixed_entry(
     )
 
 
+def fixed_seek_points(compressed_size: int) -> SeekPoints:
+    """Two seek points with a window each, made by hand (no zlib: its output may vary)."""
+    return SeekPoints(
+        spacing=1 << 20,
+        uncompressed=array.array("Q", [0, 1 << 20]),
+        compressed=array.array("Q", [10, 4000]),
+        bits=b"\x00\x05",
+        window_offsets=array.array("Q", [0, 0, 7]),
+        windows=b"windows",
+        size=3 << 20,
+        compressed_size=compressed_size,
+    )
+
+
 def store_fixed_layer_and_tree(root: Path) -> tuple[Path, Path]:
     """Store one layer index and one merged tree built from fixed values only (no tarfile,
     no zlib, whose output may vary between versions), covering every column: each entry
@@ -459,16 +473,7 @@ def store_fixed_layer_and_tree(root: Path) -> tuple[Path, Path]:
         "sha256:" + "2" * 64,
         root / "blob",
     )
-    points = SeekPoints(
-        spacing=1 << 20,
-        uncompressed=array.array("Q", [0, 1 << 20]),
-        compressed=array.array("Q", [10, 4000]),
-        bits=b"\x00\x05",
-        window_offsets=array.array("Q", [0, 0, 7]),
-        windows=b"windows",
-        size=3 << 20,
-        compressed_size=len(blob),
-    )
+    points = fixed_seek_points(compressed_size=len(blob))
     cache = IndexCache(root / "cache")
     cache.store_layer(layer, LayerIndex(lower, points, 8192, True))
     builder = TreeBuilder()
@@ -490,16 +495,7 @@ def test_cache_files_are_byte_identical_to_format_version_1(tmp_path: Path) -> N
 
 
 def fixed_points() -> tuple[dict[str, object], dict[str, bytes]]:
-    points = SeekPoints(
-        spacing=1 << 20,
-        uncompressed=array.array("Q", [0, 1 << 20]),
-        compressed=array.array("Q", [10, 4000]),
-        bits=b"\x00\x05",
-        window_offsets=array.array("Q", [0, 0, 7]),
-        windows=b"windows",
-        size=3 << 20,
-        compressed_size=9000,
-    )
+    points = fixed_seek_points(compressed_size=9000)
     sections: dict[str, bytes] = {}
     meta = indexcache.encode_points(points, sections)
     return meta, sections
