@@ -20,13 +20,13 @@ import ctypes
 import ctypes.util
 import logging
 import mmap
-import os
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
+from .blobs import BlobHandle, Readable
 from .errors import CompressionError
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class GzipIndexer:
 
     def __init__(
         self,
-        blob: BinaryIO,
+        blob: Readable,
         spacing: int = DEFAULT_SPACING,
         on_input: Callable[[bytes], None] | None = None,
     ) -> None:
@@ -467,10 +467,10 @@ class GzipCursor:
     """An inflater positioned somewhere in the uncompressed stream; reads forward from there.
     Not thread safe (the caller locks)."""
 
-    def __init__(self, fd: int, points: SeekPoints, index: int) -> None:
+    def __init__(self, blob: BlobHandle, points: SeekPoints, index: int) -> None:
         if not 0 <= index < len(points):
             raise IndexError(f"no gzip seek point {index} (there are {len(points)})")
-        self.fd = fd
+        self.blob = blob
         self.points = points
         self.position = points.uncompressed[index]
         self.input_offset = points.compressed[index]  # blob offset of the next read
@@ -491,7 +491,7 @@ class GzipCursor:
     def _enter_block(self, inflater: Inflater, bits: int, window: bytes) -> None:
         if bits:
             # The point starts inside the byte before: feed its unused high bits first.
-            before = os.pread(self.fd, 1, self.input_offset - 1)
+            before = self.blob.pread(1, self.input_offset - 1)
             if len(before) != 1:
                 raise CompressionError("gzip stream is truncated")
             inflater.check(
@@ -576,7 +576,7 @@ class GzipCursor:
                 raise self._damaged(inflater, inflater.describe(ret))
 
     def _read_input(self, inflater: Inflater) -> None:
-        data = os.pread(self.fd, self.chunk, self.input_offset)
+        data = self.blob.pread(self.chunk, self.input_offset)
         if not data:
             raise CompressionError("gzip stream is truncated")
         self.input_offset += len(data)
@@ -587,7 +587,7 @@ class GzipCursor:
         offset = self.input_offset - inflater.strm.avail_in
         if self.raw:
             offset += TRAILER_SIZE
-        if os.pread(self.fd, len(GZIP_MAGIC), offset) != GZIP_MAGIC:
+        if self.blob.pread(len(GZIP_MAGIC), offset) != GZIP_MAGIC:
             raise CompressionError(
                 f"gzip stream is damaged: it ends at uncompressed offset {self.position + done}"
                 f", before the indexed end {self.points.size}"

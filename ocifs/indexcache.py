@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,11 +188,14 @@ def blob_sample(layer: LayerRef) -> str:
     """
     sample = hashlib.sha256()
     try:
-        with open(layer.path, "rb") as blob:
-            size = os.fstat(blob.fileno()).st_size
+        blob = layer.blob.open()
+        try:
+            size = layer.blob.size  # resolve checked it against the descriptor
             sample.update(str(size).encode() + b"\0")
-            sample.update(os.pread(blob.fileno(), SAMPLE_BYTES, 0))
-            sample.update(os.pread(blob.fileno(), SAMPLE_BYTES, max(0, size - SAMPLE_BYTES)))
+            sample.update(blob.pread(SAMPLE_BYTES, 0))
+            sample.update(blob.pread(SAMPLE_BYTES, max(0, size - SAMPLE_BYTES)))
+        finally:
+            blob.close()
     except OSError as error:
         return f"unreadable: {error.strerror}"
     return sample.hexdigest()

@@ -20,8 +20,9 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
+from .blobs import BlobStream
 from .errors import LayerError, LayoutError, OcifsError
 from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
 from .layout import LayerRef
@@ -86,7 +87,7 @@ def index_layer(
             progress(len(chunk))
 
     try:
-        with open(layer.path, "rb") as blob:
+        with BlobStream(layer.blob) as blob:
             return indexer(layer, blob, verify, advance, spacing)
     except LayerError:
         raise
@@ -170,7 +171,7 @@ OnInput = Callable[[bytes], None]
 
 
 def _index_tar(
-    layer: LayerRef, blob: BinaryIO, verify: bool, advance: OnInput, spacing: int
+    layer: LayerRef, blob: BlobStream, verify: bool, advance: OnInput, spacing: int
 ) -> LayerIndex:
     """An uncompressed layer: the blob is the tar stream, so the layer digest and the
     diff_id hash the same bytes, and one hash serves both when they name one algorithm."""
@@ -194,7 +195,7 @@ def _index_tar(
 
 
 def _index_gzip(
-    layer: LayerRef, blob: BinaryIO, verify: bool, advance: OnInput, spacing: int
+    layer: LayerRef, blob: BlobStream, verify: bool, advance: OnInput, spacing: int
 ) -> LayerIndex:
     """A gzip layer, in three threads: this one scans, one inflates (recording seek points),
     one hashes the compressed blob."""
@@ -221,7 +222,7 @@ def _index_gzip(
 
 
 # One indexer per compression ocifs serves (mediatypes.SUPPORTED).
-INDEXERS: dict[Compression, Callable[[LayerRef, BinaryIO, bool, OnInput, int], LayerIndex]] = {
+INDEXERS: dict[Compression, Callable[[LayerRef, BlobStream, bool, OnInput, int], LayerIndex]] = {
     Compression.NONE: _index_tar,
     Compression.GZIP: _index_gzip,
 }
@@ -243,7 +244,7 @@ class BlobHash:
 
     def _run(self) -> None:
         try:
-            with open(self.layer.path, "rb") as blob:
+            with BlobStream(self.layer.blob) as blob:
                 while not self.stopped.is_set():
                     chunk = blob.read(CHUNK)
                     if not chunk:

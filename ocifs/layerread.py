@@ -1,19 +1,18 @@
 """Serve byte ranges of an indexed layer's tar stream, safely from many threads.
 
 ``open_reader`` picks a layer's reader from ``READERS`` by its compression. A plain tar
-member is read with ``os.pread``. A gzip layer is served in aligned blocks kept in the
-image's BlockCache: a missing block is inflated by a cursor (gzseek) started at the seek
-point before it, or by the live cursor that stopped just before it, so a file read front to
-back continues where the last read stopped; once a reader is seen to be sequential, the
-prefetcher (``prefetch``) inflates the spans ahead of it in the image's InflatePool. A
-damaged region fails the read that reaches it (``DamagedLayer``, EIO for the mount) and
-nothing else.
+member is read by offset from its blob (``blobs``). A gzip layer is served in aligned
+blocks kept in the image's BlockCache: a missing block is inflated by a cursor (gzseek)
+started at the seek point before it, or by the live cursor that stopped just before it, so
+a file read front to back continues where the last read stopped; once a reader is seen to
+be sequential, the prefetcher (``prefetch``) inflates the spans ahead of it in the image's
+InflatePool. A damaged region fails the read that reaches it (``DamagedLayer``, EIO for the
+mount) and nothing else.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -49,7 +48,7 @@ class TarLayerReader:
 
     def __init__(self, layer: LayerRef) -> None:
         self.layer = layer
-        self.fd = os.open(layer.path, os.O_RDONLY | os.O_CLOEXEC)
+        self.blob = layer.blob.open()
 
     @classmethod
     def open(
@@ -64,7 +63,7 @@ class TarLayerReader:
 
     def pread(self, offset: int, size: int) -> bytes:
         try:
-            data = os.pread(self.fd, size, offset)
+            data = self.blob.pread(size, offset)
         except OSError as error:
             raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
         if len(data) != size:
@@ -72,7 +71,7 @@ class TarLayerReader:
         return data
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.blob.close()
 
 
 class GzipLayerReader:
@@ -98,11 +97,11 @@ class GzipLayerReader:
         self.layer = layer
         self.points = points
         self.cache = cache
-        self.fd = os.open(layer.path, os.O_RDONLY | os.O_CLOEXEC)
+        self.blob = layer.blob.open()
         self.lock = threading.Lock()  # the foreground cursors
         self.cursors: list[GzipCursor] = []  # most recently used last
         # Without a pool, nothing is inflated ahead of the reads.
-        self.prefetcher = Prefetcher(layer, self.fd, points, cache, pool)
+        self.prefetcher = Prefetcher(layer, self.blob, points, cache, pool)
 
     @classmethod
     def open(
@@ -199,7 +198,7 @@ class GzipLayerReader:
             self.cursors.append(parked)
             best = parked
         if best is None or best.position < floor:
-            best = GzipCursor(self.fd, self.points, point)
+            best = GzipCursor(self.blob, self.points, point)
             if len(self.cursors) >= MAX_CURSORS:
                 self.cursors.pop(0).close()
         else:
@@ -213,14 +212,12 @@ class GzipLayerReader:
             self.cursors.remove(cursor)
 
     def close(self) -> None:
-        self.prefetcher.close()  # its jobs use the fd: they have stopped once it returns
+        self.prefetcher.close()  # its jobs use the blob handle: they have stopped once it returns
         with self.lock:
             for cursor in self.cursors:
                 cursor.close()
             self.cursors.clear()
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
+            self.blob.close()
 
 
 # What open_reader calls for a layer stored each way: one row per compression ocifs reads.

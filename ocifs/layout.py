@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .blobs import Blob, FileBlob
 from .errors import LayoutError
 from .mediatypes import (
     CONFIG_TYPES,
@@ -87,7 +88,7 @@ class LayerRef:
     media_type: str
     compression: Compression  # a supported one: resolve refuses the others
     diff_id: str  # from config.rootfs.diff_ids[index], grammar-checked
-    path: Path  # the blob file inside the layout
+    blob: Blob  # where its bytes are (a layout's blob file, an archive's member, ...)
 
     def describe(self) -> str:
         """How error messages name the layer: 'layer 2 (sha256:abcd...)'."""
@@ -578,9 +579,9 @@ def _check_layers(
             _fail(f"{name}: unsupported layer mediaType {desc.media_type!r}")
         if not compression.supported:  # the one place support is decided (R7)
             _fail(f"{name}: {compression} layers ({desc.media_type}) are not supported")
-        path = _stat_blob(layout, desc, name)
+        blob = FileBlob(_stat_blob(layout, desc, name), desc.size)
         layers.append(
-            LayerRef(i, desc.digest, desc.size, desc.media_type, compression, diff_ids[i], path)
+            LayerRef(i, desc.digest, desc.size, desc.media_type, compression, diff_ids[i], blob)
         )
     return tuple(layers)
 

@@ -21,6 +21,7 @@ import os
 import threading
 from collections import OrderedDict, deque
 
+from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
 from .errors import CompressionError
 from .gzseek import GzipCursor, SeekPoints
@@ -65,13 +66,13 @@ class Prefetcher:
     def __init__(
         self,
         layer: LayerRef,
-        fd: int,
+        blob: BlobHandle,
         points: SeekPoints,
         cache: BlockCache,
         pool: InflatePool | None,
     ) -> None:
         self.layer = layer
-        self.fd = fd  # the reader's; it closes it after ``close``
+        self.blob = blob  # the reader's; it closes it after ``close``
         self.points = points
         self.cache = cache
         self.pool = pool
@@ -217,7 +218,7 @@ class Prefetcher:
 
     def close(self) -> None:
         """Stop the jobs and close the parked cursors; queued jobs are dropped, running
-        ones stop at their next block (they use the reader's fd, so this waits for them)."""
+        ones stop at their next block (they read the reader's blob handle: this waits for them)."""
         with self.state:
             if self.closed:
                 return
@@ -355,7 +356,7 @@ class InflateJob:
                 self.seam_before.close()
         try:
             if cursor is None:
-                cursor = GzipCursor(prefetcher.fd, prefetcher.points, self.point)
+                cursor = GzipCursor(prefetcher.blob, prefetcher.points, self.point)
                 self._enter(cursor, first * CACHE_BLOCK - self.start)
             if self._inflate(cursor, first) and prefetcher.park(cursor):
                 cursor = None

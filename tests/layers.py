@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from tarbuild import f, make_tar
 
+from ocifs.blobs import FileBlob
 from ocifs.blockcache import BlockCache
 from ocifs.gzseek import SeekPoints
 from ocifs.layerindex import LayerIndex, index_layer
@@ -49,18 +50,24 @@ def blob_layer(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     return LayerRef(
-        index, digest, len(blob), OCI_LAYER_TYPE[stored], stored, sha256_digest(tar), path
+        index,
+        digest,
+        len(blob),
+        OCI_LAYER_TYPE[stored],
+        stored,
+        sha256_digest(tar),
+        FileBlob(path, len(blob)),
     )
 
 
 def image_of(layers: list[LayerRef]) -> ResolvedImage:
     """An image of these layers, numbered in order, in the layout their blobs are in."""
     layers = [
-        LayerRef(n, x.digest, x.size, x.media_type, x.compression, x.diff_id, x.path)
+        LayerRef(n, x.digest, x.size, x.media_type, x.compression, x.diff_id, x.blob)
         for n, x in enumerate(layers)
     ]
     return ResolvedImage(
-        layout=layers[0].path.parent,
+        layout=layers[0].blob.path.parent,
         manifest_digest="sha256:" + "0" * 64,
         config_digest="sha256:" + "1" * 64,
         config={},

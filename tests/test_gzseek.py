@@ -20,6 +20,7 @@ from types import FrameType
 import indexed_gzip
 import pytest
 
+from ocifs.blobs import BlobHandle, FileBlob
 from ocifs.errors import CompressionError
 from ocifs.gzseek import CHUNK, GzipCursor, GzipIndexer, SeekPoints
 
@@ -75,24 +76,27 @@ def refused(blob: bytes, spacing: int = SPACING) -> str:
     return message
 
 
+BlobFiles = tuple[Path, list[BlobHandle]]  # where blobs are written, and their open handles
+
+
 @pytest.fixture
-def blob_fd(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
-    """Write blobs to files and open them; every fd is closed after the test."""
-    fds: list[int] = []
-    yield tmp_path, fds
-    for fd in fds:
-        os.close(fd)
+def blob_fd(tmp_path: Path) -> Iterator[BlobFiles]:
+    """Write blobs to files and open them; every handle is closed after the test."""
+    handles: list[BlobHandle] = []
+    yield tmp_path, handles
+    for handle in handles:
+        handle.close()
 
 
-def open_blob(where: tuple[Path, list[int]], blob: bytes, name: str = "blob.gz") -> int:
+def open_blob(where: BlobFiles, blob: bytes, name: str = "blob.gz") -> BlobHandle:
     path = where[0] / name
     path.write_bytes(blob)
-    fd = os.open(path, os.O_RDONLY)
-    where[1].append(fd)
-    return fd
+    handle = FileBlob(path, len(blob)).open()
+    where[1].append(handle)
+    return handle
 
 
-def read_at(fd: int, points: SeekPoints, offset: int, size: int) -> bytes:
+def read_at(fd: BlobHandle, points: SeekPoints, offset: int, size: int) -> bytes:
     index = points.find(offset)
     cursor = GzipCursor(fd, points, index)
     try:
@@ -169,7 +173,7 @@ def test_seek_points_are_spaced_and_carry_their_windows(mixed: tuple[bytes, byte
 
 
 def test_reads_from_every_point_cross_into_the_next(
-    mixed: tuple[bytes, bytes], blob_fd: tuple[Path, list[int]]
+    mixed: tuple[bytes, bytes], blob_fd: BlobFiles
 ) -> None:
     data, blob = mixed
     _, points = index(blob)
@@ -185,9 +189,7 @@ def test_reads_from_every_point_cross_into_the_next(
     assert nonzero, "no seek point inside a byte"
 
 
-def test_random_reads_match_the_original(
-    mixed: tuple[bytes, bytes], blob_fd: tuple[Path, list[int]]
-) -> None:
+def test_random_reads_match_the_original(mixed: tuple[bytes, bytes], blob_fd: BlobFiles) -> None:
     data, blob = mixed
     _, points = index(blob)
     fd = open_blob(blob_fd, blob)
@@ -203,7 +205,7 @@ def test_random_reads_match_the_original(
 
 
 def test_cursor_reads_sequentially_to_the_end(
-    mixed: tuple[bytes, bytes], blob_fd: tuple[Path, list[int]]
+    mixed: tuple[bytes, bytes], blob_fd: BlobFiles
 ) -> None:
     data, blob = mixed
     _, points = index(blob)
@@ -244,11 +246,13 @@ def test_seek_points_find_edges(mixed: tuple[bytes, bytes]) -> None:
     assert points.find(1 << 62) == len(points) - 1
     with pytest.raises(ValueError):
         points.find(-1)
+    handle = FileBlob(Path(os.devnull), 0).open()
     with pytest.raises(IndexError):
-        GzipCursor(0, points, len(points))
+        GzipCursor(handle, points, len(points))
+    handle.close()
 
 
-def test_small_and_tiny_streams(blob_fd: tuple[Path, list[int]]) -> None:
+def test_small_and_tiny_streams(blob_fd: BlobFiles) -> None:
     for data in (b"", b"x", b"hello world\n" * 3):
         blob = gzip.compress(data)
         got, points = index(blob, spacing=1)
@@ -258,7 +262,7 @@ def test_small_and_tiny_streams(blob_fd: tuple[Path, list[int]]) -> None:
         assert read_at(fd, points, 0, 100) == data
 
 
-def test_spacing_of_one_makes_a_point_at_every_block(blob_fd: tuple[Path, list[int]]) -> None:
+def test_spacing_of_one_makes_a_point_at_every_block(blob_fd: BlobFiles) -> None:
     data = mixed_data(1 << 20, 5)
     blob = member(data, level=1)
     got, points = index(blob, spacing=1)
@@ -273,7 +277,7 @@ def test_spacing_of_one_makes_a_point_at_every_block(blob_fd: tuple[Path, list[i
 
 
 def test_points_survive_persisting_through_mmap(
-    mixed: tuple[bytes, bytes], blob_fd: tuple[Path, list[int]]
+    mixed: tuple[bytes, bytes], blob_fd: BlobFiles
 ) -> None:
     """The windows may come back as a memory map, the offsets as arrays read from a file."""
     data, blob = mixed
@@ -318,7 +322,7 @@ def members() -> tuple[list[bytes], bytes]:
 
 
 def test_concatenated_members_are_one_stream(
-    members: tuple[list[bytes], bytes], blob_fd: tuple[Path, list[int]]
+    members: tuple[list[bytes], bytes], blob_fd: BlobFiles
 ) -> None:
     parts, blob = members
     data, points = index(blob)
@@ -362,7 +366,7 @@ def test_concatenated_members_are_one_stream(
 
 
 def test_zero_padding_after_the_end_is_accepted(
-    members: tuple[list[bytes], bytes], blob_fd: tuple[Path, list[int]]
+    members: tuple[list[bytes], bytes], blob_fd: BlobFiles
 ) -> None:
     parts, blob = members
     for padding in (1, 2, 511, CHUNK + 10):
@@ -510,7 +514,7 @@ def test_an_exception_from_on_input_propagates() -> None:
 
 
 def test_cursor_over_a_blob_damaged_after_indexing(
-    mixed: tuple[bytes, bytes], blob_fd: tuple[Path, list[int]], deadline: None
+    mixed: tuple[bytes, bytes], blob_fd: BlobFiles, deadline: None
 ) -> None:
     data, blob = mixed
     _, points = index(blob)
@@ -544,9 +548,7 @@ def test_cursor_over_a_blob_damaged_after_indexing(
             assert failures
 
 
-def test_cursor_reports_a_damaged_window(
-    mixed: tuple[bytes, bytes], blob_fd: tuple[Path, list[int]]
-) -> None:
+def test_cursor_reports_a_damaged_window(mixed: tuple[bytes, bytes], blob_fd: BlobFiles) -> None:
     _, blob = mixed
     _, points = index(blob)
     windows = bytearray(points.windows)
@@ -558,7 +560,7 @@ def test_cursor_reports_a_damaged_window(
         GzipCursor(fd, broken, 1)
 
 
-def test_cursor_reports_a_stream_that_ends_too_early(blob_fd: tuple[Path, list[int]]) -> None:
+def test_cursor_reports_a_stream_that_ends_too_early(blob_fd: BlobFiles) -> None:
     data = mixed_data(400_000, 31)
     blob = member(data)
     _, points = index(blob)
@@ -578,7 +580,7 @@ def test_cursor_reports_a_stream_that_ends_too_early(blob_fd: tuple[Path, list[i
 def test_random_reads_agree_with_indexed_gzip(
     members: tuple[list[bytes], bytes],
     mixed: tuple[bytes, bytes],
-    blob_fd: tuple[Path, list[int]],
+    blob_fd: BlobFiles,
 ) -> None:
     for name, blob in (("members.gz", members[1]), ("mixed.gz", mixed[1])):
         _, points = index(blob)
@@ -596,7 +598,7 @@ def test_random_reads_agree_with_indexed_gzip(
 
 
 def test_independent_cursors_in_threads_share_one_fd(
-    mixed: tuple[bytes, bytes], blob_fd: tuple[Path, list[int]]
+    mixed: tuple[bytes, bytes], blob_fd: BlobFiles
 ) -> None:
     data, blob = mixed
     _, points = index(blob)

@@ -16,6 +16,7 @@ from layers import blob_layer, image_of
 from tarbuild import Member, d, f, link, make_tar, sym
 
 from ocifs import cachefile, indexcache, tarscan
+from ocifs.blobs import FileBlob
 from ocifs.blockcache import BlockCache
 from ocifs.cachefile import CacheMiss, read_file
 from ocifs.errors import LayerError
@@ -237,13 +238,13 @@ def test_damaged_cache_file_is_ignored_and_rebuilt(
     elif case == "directory":
         path.unlink()
         path.mkdir()
-    blob = layer.path.read_bytes()
+    blob = layer.blob.path.read_bytes()
     if case == "other-blob-same-name":
-        layer.path.write_bytes(blob[:3] + bytes([blob[3] ^ 1]) + blob[4:])  # gzip FLG byte
+        layer.blob.path.write_bytes(blob[:3] + bytes([blob[3] ^ 1]) + blob[4:])  # gzip FLG byte
     with pytest.raises(CacheMiss):
         cache.read_layer(layer, with_entries=True)
     assert cache.load_layer(layer, verify=False, with_entries=True) is None  # logged, not raised
-    layer.path.write_bytes(blob)
+    layer.blob.path.write_bytes(blob)
     if case == "other-blob-same-name":
         assert cache.read_layer(layer, with_entries=True).entries  # the right blob is back
         return
@@ -262,8 +263,8 @@ def test_a_blob_replaced_under_its_name_is_indexed_again(tmp_path: Path) -> None
     resolved, cache = cached_image(tmp_path)
     load(resolved, cache)
     layer = resolved.layers[1]
-    original = layer.path.read_bytes()
-    layer.path.write_bytes(original[:-8] + b"\0" * 8)  # the gzip trailer is gone
+    original = layer.blob.path.read_bytes()
+    layer.blob.path.write_bytes(original[:-8] + b"\0" * 8)  # the gzip trailer is gone
     with pytest.raises(CacheMiss, match="differs from the one indexed"):
         cache.read_layer(layer, with_entries=False)
     with pytest.raises(LayerError, match=r"mismatch|damaged|truncated"):
@@ -471,7 +472,7 @@ def store_fixed_layer_and_tree(root: Path) -> tuple[Path, Path]:
         OCI_LAYER_GZIP,
         gzip_layer,
         "sha256:" + "2" * 64,
-        root / "blob",
+        FileBlob(root / "blob", len(blob)),
     )
     points = fixed_seek_points(compressed_size=len(blob))
     cache = IndexCache(root / "cache")
@@ -480,7 +481,7 @@ def store_fixed_layer_and_tree(root: Path) -> tuple[Path, Path]:
     builder.apply_layer(0, lower)
     builder.apply_layer(1, upper)
     upper_layer = LayerRef(
-        1, "sha256:" + "3" * 64, 10, OCI_LAYER_GZIP, gzip_layer, "sha256:" + "4" * 64, root / "blob"
+        1, "sha256:" + "3" * 64, 10, OCI_LAYER_GZIP, gzip_layer, "sha256:" + "4" * 64, layer.blob
     )
     cache.store_tree([layer, upper_layer], builder.freeze())
     return cache.layer_path(layer.digest), cache.tree_path([layer, upper_layer])

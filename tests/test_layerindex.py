@@ -22,7 +22,7 @@ def test_r9_layer_digest_mismatch(tmp_path: Path) -> None:
     tar = make_tar([f("a", b"x")])
     ref = blob_layer(tmp_path, tar, "none")
     bad = LayerRef(
-        0, "sha256:" + "0" * 64, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.path
+        0, "sha256:" + "0" * 64, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.blob
     )
     with pytest.raises(LayerError, match=r"layer 0 \(sha256:0+\): layer digest mismatch"):
         index_layer(bad)
@@ -33,7 +33,7 @@ def test_r9_b2_diff_id_mismatch_in_gzip_layer(tmp_path: Path) -> None:
     tar = make_tar([f("a", b"x")])
     ref = blob_layer(tmp_path, tar, "gzip", blob=gzip.compress(tar))
     bad = LayerRef(
-        0, ref.digest, ref.size, ref.media_type, Compression.GZIP, "sha256:" + "1" * 64, ref.path
+        0, ref.digest, ref.size, ref.media_type, Compression.GZIP, "sha256:" + "1" * 64, ref.blob
     )
     with pytest.raises(LayerError, match="diff_id mismatch"):
         index_layer(bad)
@@ -85,11 +85,11 @@ def test_r9_uncompressed_layer_with_sha512_digest_and_sha256_diff_id(tmp_path: P
     tar = make_tar([f("a", b"x")])
     ref = blob_layer(tmp_path, tar, "none")
     sha512 = "sha512:" + hashlib.sha512(tar).hexdigest()
-    good = LayerRef(0, sha512, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.path)
+    good = LayerRef(0, sha512, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.blob)
     indexed = indexed_layer(good)
     assert [e.path for e in indexed.entries] == [b"a"]
     bad = LayerRef(
-        0, "sha512:" + "0" * 128, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.path
+        0, "sha512:" + "0" * 128, ref.size, ref.media_type, Compression.NONE, ref.diff_id, ref.blob
     )
     with pytest.raises(LayerError, match="layer digest mismatch"):
         index_layer(bad)

@@ -105,7 +105,7 @@ def test_damaged_region_after_indexing_gives_damaged_layer_then_recovers(tmp_pat
     indexed = indexed_layer(ref)
     with open_layer(indexed) as reader:
         entry = {e.path: e for e in indexed.entries}[b"second"]
-        with open(ref.path, "r+b") as damaged:
+        with open(ref.blob.path, "r+b") as damaged:
             damaged.seek(len(blob) * 3 // 4)
             damaged.write(os.urandom(64 << 10))
         with pytest.raises(DamagedLayer):
@@ -187,6 +187,6 @@ def test_open_reader_refuses_a_gzip_layer_without_seek_points(tmp_path: Path) ->
 def test_open_reader_names_the_layer_of_a_missing_blob(tmp_path: Path, compression: str) -> None:
     tar = make_tar([f("a", b"x")])
     indexed = indexed_layer(blob_layer(tmp_path, tar, compression))
-    indexed.layer.path.unlink()
+    indexed.layer.blob.path.unlink()
     with pytest.raises(LayerError, match=r"layer 0 \(sha256:.*cannot open blob"):
         open_reader(indexed.layer, indexed.points, BlockCache())

@@ -176,11 +176,11 @@ def test_r1_minimal_layout_resolves_to_manifest_config_and_layers(tmp_path: Path
     for i, layer in enumerate(result.layers):
         assert layer.position == i
         assert layer.digest == manifest["layers"][i]["digest"]
-        assert layer.size == manifest["layers"][i]["size"] == layer.path.stat().st_size
+        assert layer.size == manifest["layers"][i]["size"] == layer.blob.path.stat().st_size
         assert layer.media_type == OCI_LAYER_GZIP
         assert layer.compression == "gzip"
         assert layer.diff_id == config["rootfs"]["diff_ids"][i]
-        assert layer.path == blob(tmp_path, layer.digest)
+        assert layer.blob.path == blob(tmp_path, layer.digest)
     assert result.layers[1].describe() == f"layer 1 ({result.layers[1].digest})"
 
 
@@ -1016,7 +1016,7 @@ def test_r9_layer_content_is_not_hashed_here(tmp_path: Path) -> None:
     """Layers: only existence and size are checked; the digest is verified while indexing."""
     simple(tmp_path)
     layer = resolve(tmp_path, platform=AMD64).layers[0]
-    layer.path.write_bytes(b"\0" * layer.size)
+    layer.blob.path.write_bytes(b"\0" * layer.size)
     assert resolve(tmp_path, platform=AMD64).layers[0].digest == layer.digest
 
 
@@ -1044,7 +1044,7 @@ def test_r10_missing_layer_blob_names_digest_and_urls(tmp_path: Path) -> None:
 def test_r10_missing_layer_blob_without_urls(tmp_path: Path) -> None:
     simple(tmp_path)
     layer = resolve(tmp_path, platform=AMD64).layers[0]
-    layer.path.unlink()
+    layer.blob.path.unlink()
     assert error(tmp_path) == (
         f"{tmp_path}: layer 0 ({layer.digest}): blob {layer.digest} is missing from "
         f"{tmp_path}/blobs"
@@ -1072,8 +1072,8 @@ def test_r10_missing_config_blob(tmp_path: Path) -> None:
 def test_b2_layer_size_mismatch(tmp_path: Path, delta: int) -> None:
     simple(tmp_path)
     layer = resolve(tmp_path, platform=AMD64).layers[0]
-    data = layer.path.read_bytes()
-    layer.path.write_bytes(data[:-1] if delta < 0 else data + b"\0")
+    data = layer.blob.path.read_bytes()
+    layer.blob.path.write_bytes(data[:-1] if delta < 0 else data + b"\0")
     assert error(tmp_path) == (
         f"{tmp_path}: layer 0 ({layer.digest}): blob {layer.digest} is "
         f"{layer.size + delta} bytes, but its descriptor says {layer.size}"
@@ -1083,8 +1083,8 @@ def test_b2_layer_size_mismatch(tmp_path: Path, delta: int) -> None:
 def test_b2_layer_blob_is_a_directory(tmp_path: Path) -> None:
     simple(tmp_path)
     layer = resolve(tmp_path, platform=AMD64).layers[0]
-    layer.path.unlink()
-    layer.path.mkdir()
+    layer.blob.path.unlink()
+    layer.blob.path.mkdir()
     assert error(tmp_path) == (
         f"{tmp_path}: layer 0 ({layer.digest}): blob {layer.digest} is not a regular file"
     )

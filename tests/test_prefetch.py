@@ -299,7 +299,7 @@ def test_damaged_region_ahead_of_a_sequential_reader_fails_only_the_read_that_re
     # a run of one bits is refused by zlib at once.
     span = len(points) // 2
     damage_at = (points.compressed[span] + points.compressed[span + 1]) // 2
-    with open(ref.path, "r+b") as damaged:
+    with open(ref.blob.path, "r+b") as damaged:
         damaged.seek(damage_at)
         damaged.write(b"\xff" * 4096)
     first_bad_block = points.uncompressed[span] // CACHE_BLOCK
