@@ -27,11 +27,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
 
+from .blobs import BlobHandle, Readable
 from .errors import CompressionError
 from .gzseek import SeekPoints
 
@@ -402,7 +401,7 @@ def is_magic_prefix(data: bytes) -> bool:
     return data[0] & 0xF0 == skippable[0] and skippable[1:].startswith(data[1:])
 
 
-def walk_frames(blob: BinaryIO) -> list[Frame]:
+def walk_frames(blob: Readable) -> list[Frame]:
     """The frames of a whole blob, without decoding them."""
     walker = FrameWalker()
     while chunk := blob.read(CHUNK):
@@ -446,7 +445,7 @@ class ZstdIndexer:
     must hold that many bytes.
     """
 
-    def __init__(self, blob: BinaryIO, on_input: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, blob: Readable, on_input: Callable[[bytes], None] | None = None) -> None:
         self.blob = blob
         self.on_input = on_input
         self.walker = FrameWalker()
@@ -624,10 +623,10 @@ class ZstdCursor:
     point (or the end of the stream) is, and never run past one, so a damaged or replaced
     blob fails the read instead of shifting the data."""
 
-    def __init__(self, fd: int, points: SeekPoints, index: int) -> None:
+    def __init__(self, blob: BlobHandle, points: SeekPoints, index: int) -> None:
         if not 0 <= index < len(points):
             raise IndexError(f"no zstd seek point {index} (there are {len(points)})")
-        self.fd = fd
+        self.blob = blob
         self.points = points
         self.position = points.uncompressed[index]
         self.input_offset = points.compressed[index]  # blob offset of the next read
@@ -734,7 +733,7 @@ class ZstdCursor:
         self.frame_done = True
 
     def _read_input(self, decoder: Decoder) -> None:
-        data = os.pread(self.fd, self.chunk, self.input_offset)
+        data = self.blob.pread(self.chunk, self.input_offset)
         if not data:
             raise CompressionError("zstd stream is truncated")
         self.input_offset += len(data)

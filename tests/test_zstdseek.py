@@ -5,7 +5,6 @@ original bytes (Z1, Z2, B3)."""
 from __future__ import annotations
 
 import io
-import os
 import random
 import struct
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from layers import text_blocks
 
+from ocifs.blobs import BlobHandle, FileBlob
 from ocifs.errors import CompressionError
 from ocifs.gzseek import SeekPoints
 from ocifs.zstdseek import (
@@ -88,20 +88,20 @@ def frame_ends(frames: list[bytes]) -> list[int]:
 
 
 @pytest.fixture
-def blob_fd(tmp_path: Path) -> Iterator[list[int]]:
-    """fds of blobs written to files; each is closed after the test."""
-    fds: list[int] = []
-    yield fds
-    for fd in fds:
-        os.close(fd)
+def handles(tmp_path: Path) -> Iterator[list[BlobHandle]]:
+    """Handles of blobs written to files; each is closed after the test."""
+    handles: list[BlobHandle] = []
+    yield handles
+    for handle in handles:
+        handle.close()
 
 
-def open_blob(tmp_path: Path, fds: list[int], blob: bytes) -> int:
-    path = tmp_path / f"blob{len(fds)}.zst"
+def open_blob(tmp_path: Path, handles: list[BlobHandle], blob: bytes) -> BlobHandle:
+    path = tmp_path / f"blob{len(handles)}.zst"
     path.write_bytes(blob)
-    fd = os.open(path, os.O_RDONLY)
-    fds.append(fd)
-    return fd
+    handle = FileBlob(path, len(blob)).open()
+    handles.append(handle)
+    return handle
 
 
 # ---- the walker ----
@@ -298,15 +298,15 @@ def multi_frame(tmp_path: Path) -> tuple[bytes, bytes, SeekPoints]:
 
 
 def test_z2_cursor_reads_from_every_point_and_across_frames(
-    tmp_path: Path, blob_fd: list[int]
+    tmp_path: Path, handles: list[BlobHandle]
 ) -> None:
     """Z2: a cursor started at any frame start reads the original bytes, on across frame
     boundaries and the skippable frame between two of them."""
     data, blob, points = multi_frame(tmp_path)
-    fd = open_blob(tmp_path, blob_fd, blob)
+    handle = open_blob(tmp_path, handles, blob)
     assert len(points) == 8
     for number in range(len(points)):
-        cursor = ZstdCursor(fd, points, number)
+        cursor = ZstdCursor(handle, points, number)
         start = points.uncompressed[number]
         assert cursor.read(1000) == data[start : start + 1000]
         cursor.skip(650_000)
@@ -314,14 +314,14 @@ def test_z2_cursor_reads_from_every_point_and_across_frames(
         cursor.close()
 
 
-def test_z2_cursor_random_reads_match(tmp_path: Path, blob_fd: list[int]) -> None:
+def test_z2_cursor_random_reads_match(tmp_path: Path, handles: list[BlobHandle]) -> None:
     data, blob, points = multi_frame(tmp_path)
-    fd = open_blob(tmp_path, blob_fd, blob)
+    handle = open_blob(tmp_path, handles, blob)
     rng = random.Random(10)
     for _ in range(40):
         offset = rng.randrange(len(data))
         number = points.find(offset)
-        cursor = ZstdCursor(fd, points, number)
+        cursor = ZstdCursor(handle, points, number)
         cursor.skip(offset - points.uncompressed[number])
         size = rng.choice([1, 4096, 200_000])
         assert cursor.read(size) == data[offset : offset + size]
@@ -329,47 +329,49 @@ def test_z2_cursor_random_reads_match(tmp_path: Path, blob_fd: list[int]) -> Non
         cursor.close()
 
 
-def test_z2_cursor_reads_a_single_frame_to_the_end(tmp_path: Path, blob_fd: list[int]) -> None:
+def test_z2_cursor_reads_a_single_frame_to_the_end(
+    tmp_path: Path, handles: list[BlobHandle]
+) -> None:
     data = text_blocks(3 << 20, 11)
     blob = zstd(data)
     _, indexer = index(blob)
     points = indexer.finish().points
-    cursor = ZstdCursor(open_blob(tmp_path, blob_fd, blob), points, 0)
+    cursor = ZstdCursor(open_blob(tmp_path, handles, blob), points, 0)
     pieces = []
     while piece := cursor.read(256 << 10):
         pieces.append(piece)
     assert b"".join(pieces) == data and cursor.read(10) == b""
 
 
-def test_z2_cursor_hand_made_and_empty_frames(tmp_path: Path, blob_fd: list[int]) -> None:
+def test_z2_cursor_hand_made_and_empty_frames(tmp_path: Path, handles: list[BlobHandle]) -> None:
     frames = [raw_frame(b"a" * 5), raw_frame(b""), skippable(b"s"), raw_frame(b"b" * 7)]
     blob = b"".join(frames)
     _, indexer = index(blob)
     points = indexer.finish().points
-    cursor = ZstdCursor(open_blob(tmp_path, blob_fd, blob), points, 0)
+    cursor = ZstdCursor(open_blob(tmp_path, handles, blob), points, 0)
     assert cursor.read(3) == b"aaa" and cursor.read(100) == b"aabbbbbbb"
 
 
 def test_b3_cursor_on_a_damaged_frame_fails_and_stays_failed(
-    tmp_path: Path, blob_fd: list[int]
+    tmp_path: Path, handles: list[BlobHandle]
 ) -> None:
     """B3: a damaged frame fails the read (CompressionError, one line), and the cursor refuses
     to go on; a cursor started at another frame is unaffected."""
     data, blob, points = multi_frame(tmp_path)
     damaged = bytearray(blob)
     damaged[points.compressed[1] + 200] ^= 0xFF
-    fd = open_blob(tmp_path, blob_fd, bytes(damaged))
-    cursor = ZstdCursor(fd, points, 1)
+    handle = open_blob(tmp_path, handles, bytes(damaged))
+    cursor = ZstdCursor(handle, points, 1)
     with pytest.raises(CompressionError) as info:
         cursor.skip(800_000)  # damaged literals may decode: the checksum at the end fails
     assert "zstd stream is damaged near blob offset" in str(info.value)
     with pytest.raises(CompressionError):
         cursor.read(1)
-    other = ZstdCursor(fd, points, 2)
+    other = ZstdCursor(handle, points, 2)
     assert other.read(100) == data[points.uncompressed[2] : points.uncompressed[2] + 100]
 
 
-def test_b3_cursor_refuses_frames_that_moved(tmp_path: Path, blob_fd: list[int]) -> None:
+def test_b3_cursor_refuses_frames_that_moved(tmp_path: Path, handles: list[BlobHandle]) -> None:
     """A blob whose frames no longer end where the index says (replaced by one of the same
     data cut differently) fails the read rather than serving shifted bytes."""
     data = text_blocks(1 << 20, 12)
@@ -377,12 +379,12 @@ def test_b3_cursor_refuses_frames_that_moved(tmp_path: Path, blob_fd: list[int])
     _, indexer = index(indexed)
     points = indexer.finish().points
     other = zstd(data[:400_000]) + zstd(data[400_000:])
-    cursor = ZstdCursor(open_blob(tmp_path, blob_fd, other), points, 0)
+    cursor = ZstdCursor(open_blob(tmp_path, handles, other), points, 0)
     with pytest.raises(CompressionError) as info:
         cursor.read(len(data))
     assert "the index says 500000" in str(info.value)
     longer = zstd(data[:600_000]) + zstd(data[600_000:])
-    cursor = ZstdCursor(open_blob(tmp_path, blob_fd, longer), points, 0)
+    cursor = ZstdCursor(open_blob(tmp_path, handles, longer), points, 0)
     with pytest.raises(CompressionError) as info:
         cursor.read(len(data))
     assert "runs past its indexed end" in str(info.value)
@@ -391,4 +393,4 @@ def test_b3_cursor_refuses_frames_that_moved(tmp_path: Path, blob_fd: list[int])
 def test_cursor_index_out_of_range() -> None:
     _, indexer = index(zstd(b"abc"))
     with pytest.raises(IndexError):
-        ZstdCursor(0, indexer.finish().points, 1)
+        ZstdCursor(FileBlob(Path("/dev/null"), 0).open(), indexer.finish().points, 1)
