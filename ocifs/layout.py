@@ -89,6 +89,8 @@ class LayerRef:
     compression: Compression  # a supported one: resolve refuses the others
     diff_id: str  # from config.rootfs.diff_ids[index], grammar-checked
     blob: Blob  # where its bytes are (a layout's blob file, an archive's member, ...)
+    # The descriptor's annotations (zstd:chunked's TOC position and checksum live there).
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
 
     def describe(self) -> str:
         """How error messages name the layer: 'layer 2 (sha256:abcd...)'."""
@@ -581,7 +583,16 @@ def _check_layers(
             _fail(f"{name}: {compression} layers ({desc.media_type}) are not supported")
         blob = FileBlob(_stat_blob(layout, desc, name), desc.size)
         layers.append(
-            LayerRef(i, desc.digest, desc.size, desc.media_type, compression, diff_ids[i], blob)
+            LayerRef(
+                i,
+                desc.digest,
+                desc.size,
+                desc.media_type,
+                compression,
+                diff_ids[i],
+                blob,
+                desc.annotations,
+            )
         )
     return tuple(layers)
 
