@@ -26,6 +26,7 @@ import array
 import contextlib
 import ctypes
 import ctypes.util
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -407,6 +408,20 @@ def walk_frames(blob: Readable) -> list[Frame]:
     while chunk := blob.read(CHUNK):
         walker.feed(chunk)
     return walker.finish()
+
+
+def decompress(data: bytes, limit: int) -> bytes:
+    """A whole small zstd stream (zstd:chunked's TOC), walked and decoded as strictly as a
+    layer; CompressionError if it is damaged or holds more than ``limit`` bytes."""
+    indexer = ZstdIndexer(io.BytesIO(data))
+    try:
+        decoded = indexer.read(limit + 1)
+        if len(decoded) > limit:
+            raise CompressionError(f"zstd stream holds more than the {limit} bytes expected")
+        indexer.drain()
+        return decoded
+    finally:
+        indexer.close()
 
 
 # ---- indexing ----
