@@ -172,7 +172,7 @@ def test_z1_indexer_decodes_and_records_every_frame_start() -> None:
     pieces = [data[: 1 << 20], data[1 << 20 : 2 << 20], data[2 << 20 :]]
     frames = [zstd(piece) for piece in pieces]
     blob = b"".join(frames)
-    seen = []
+    seen: list[bytes] = []
     indexer = ZstdIndexer(io.BytesIO(blob), seen.append)
     decoded = b""
     while chunk := indexer.read(CHUNK):
