@@ -24,12 +24,16 @@ from .gzseek import GzipCursor, SeekPoints
 from .layout import LayerRef
 from .mediatypes import Compression
 from .prefetch import Cursor, InflatePool, Prefetcher
-from .zstdseek import ZstdCursor
+from .zstdseek import ZstdCursor, frame_window
 
 logger = logging.getLogger(__name__)
 
 MAX_CURSORS = 4  # live inflaters per layer: sequential readers of a few files at once
 KEPT_BEHIND = 4 << 20  # zstd: the passed blocks cached, before the one read
+# zstd: live cursors per layer, as many as their windows fit in this (a layer of one long
+# frame is read by the cursor nearest before each offset: more cursors, shorter decodes).
+ZSTD_CURSOR_MEMORY = 32 << 20
+ZSTD_MAX_CURSORS = 16
 
 
 class DamagedLayer(OSError):
@@ -108,6 +112,7 @@ class SeekableLayerReader:
         self.blob = layer.blob.open()
         self.lock = threading.Lock()  # the foreground cursors
         self.cursors: list[Cursor] = []  # most recently used last
+        self.max_cursors = MAX_CURSORS
         # Without a pool, nothing is inflated ahead of the reads.
         self.prefetcher = Prefetcher(layer, self.blob, points, cache, pool, self.open_cursor)
 
@@ -206,13 +211,13 @@ class SeekableLayerReader:
         low = floor if best is None else max(floor, best.position + 1)
         parked = self.prefetcher.take_parked(low, offset)
         if parked is not None:
-            if len(self.cursors) >= MAX_CURSORS:
+            if len(self.cursors) >= self.max_cursors:
                 self.cursors.pop(0).close()
             self.cursors.append(parked)
             best = parked
         if best is None or best.position < floor:
             best = self.open_cursor(self.blob, self.points, point)
-            if len(self.cursors) >= MAX_CURSORS:
+            if len(self.cursors) >= self.max_cursors:
                 self.cursors.pop(0).close()
         else:
             self.cursors.remove(best)
@@ -247,6 +252,18 @@ class ZstdLayerReader(SeekableLayerReader):
     cached on the way to it."""
 
     kept_behind = KEPT_BEHIND
+
+    def __init__(
+        self,
+        layer: LayerRef,
+        points: SeekPoints,
+        cache: BlockCache,
+        pool: InflatePool | None = None,
+    ) -> None:
+        super().__init__(layer, points, cache, pool)
+        window = frame_window(self.blob, points.compressed[0])
+        fit = ZSTD_CURSOR_MEMORY // window if window else 0
+        self.max_cursors = max(MAX_CURSORS, min(ZSTD_MAX_CURSORS, fit))
 
     def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
         return ZstdCursor(blob, points, index)

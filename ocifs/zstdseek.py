@@ -46,6 +46,7 @@ FRAME_MAGIC = 0xFD2FB528
 SKIPPABLE_MAGIC = 0x184D2A50  # ... to 0x184D2A5F: the low nibble is the writer's to choose
 SKIPPABLE_MASK = 0xFFFFFFF0
 MAX_BLOCK = 128 << 10  # Block_Maximum_Size's upper bound, compressed or regenerated
+MAX_HEADER = 18  # magic, descriptor, window, dictionary id and content size at their largest
 # The largest window libzstd decodes by default (ZSTD_WINDOWLOG_LIMIT_DEFAULT, 2**27); a
 # frame asking for more (zstd --long=31) would need ZSTD_d_windowLogMax raised, and memory.
 MAX_WINDOW = 1 << 27
@@ -400,6 +401,17 @@ def is_magic_prefix(data: bytes) -> bool:
         return True
     skippable = SKIPPABLE_MAGIC.to_bytes(4, "little")  # its first byte's low nibble varies
     return data[0] & 0xF0 == skippable[0] and skippable[1:].startswith(data[1:])
+
+
+def frame_window(blob: BlobHandle, offset: int) -> int:
+    """The window of the frame at blob offset ``offset`` (what a decoder of it allocates), from
+    its header; 0 if the header cannot be read (the reads that need it will say why)."""
+    walker = FrameWalker()
+    try:
+        walker.feed(blob.pread(MAX_HEADER, offset))
+    except (CompressionError, OSError):
+        return 0
+    return walker.window_size if walker.state == BLOCK_HEADER or walker.frames else 0
 
 
 def walk_frames(blob: Readable) -> list[Frame]:

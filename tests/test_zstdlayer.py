@@ -19,10 +19,16 @@ from ocifs.blockcache import CACHE_BLOCK, BlockCache
 from ocifs.errors import LayerError
 from ocifs.gzseek import SeekPoints
 from ocifs.indexcache import IndexCache
-from ocifs.layerread import KEPT_BEHIND, DamagedLayer, ZstdLayerReader, open_reader
+from ocifs.layerread import (
+    KEPT_BEHIND,
+    ZSTD_CURSOR_MEMORY,
+    DamagedLayer,
+    ZstdLayerReader,
+    open_reader,
+)
 from ocifs.ocibuild import zstd_bytes
 from ocifs.tarscan import TarEntry
-from ocifs.zstdseek import ZstdCursor
+from ocifs.zstdseek import ZstdCursor, frame_window
 
 
 @contextmanager
@@ -182,3 +188,18 @@ def test_open_reader_refuses_a_zstd_layer_without_seek_points(tmp_path: Path) ->
     layer = blob_layer(tmp_path, make_tar([f("a", b"x")]), "zstd")
     with pytest.raises(LayerError, match="zstd layer without seek points"):
         open_reader(layer, None, BlockCache())
+
+
+@pytest.mark.parametrize("level, cursors", [("-1", 16), ("-19", 4)])
+def test_z2_live_cursors_as_many_as_their_windows_allow(
+    tmp_path: Path, level: str, cursors: int
+) -> None:
+    """A layer of one frame keeps more live cursors when its window is small (zstd -1: 512
+    KiB) than when it is large (zstd -19: 8 MiB): ZSTD_CURSOR_MEMORY bounds them all."""
+    tar = make_tar([f("a", text_blocks(1 << 20, 49))])
+    layer = blob_layer(tmp_path, tar, "zstd", blob=zstd_bytes(tar, level))
+    indexed = indexed_layer(layer)
+    with open_layer(indexed) as reader:
+        assert isinstance(reader, ZstdLayerReader)
+        assert reader.max_cursors == cursors
+        assert cursors * frame_window(reader.blob, 0) <= ZSTD_CURSOR_MEMORY or cursors == 4
