@@ -92,9 +92,7 @@ def ctypes_binding() -> Binding:
         run(blob, ends)
         return ends
 
-    return Binding(
-        "ctypes + libzstd", f"libzstd {ZSTD_VERSION}", lambda blob: run(blob, None), frame_ends
-    )
+    return Binding("ctypes", f"(libzstd {ZSTD_VERSION})", lambda blob: run(blob, None), frame_ends)
 
 
 def zstandard_binding(module: Any) -> Binding:

@@ -81,8 +81,6 @@ def _load_zstd() -> ctypes.CDLL:
     lib.ZSTD_createDCtx.restype = ctypes.c_void_p
     lib.ZSTD_freeDCtx.argtypes = [ctypes.c_void_p]
     lib.ZSTD_freeDCtx.restype = ctypes.c_size_t
-    lib.ZSTD_DCtx_reset.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.ZSTD_DCtx_reset.restype = ctypes.c_size_t
     lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ZstdBufferPointer, ZstdBufferPointer]
     lib.ZSTD_decompressStream.restype = ctypes.c_size_t
     lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
@@ -98,7 +96,6 @@ _zstd = _load_zstd()
 ZSTD_VERSION: str = _zstd.ZSTD_versionString().decode()
 _decompress_stream = _zstd.ZSTD_decompressStream
 _is_error = _zstd.ZSTD_isError
-ZSTD_RESET_SESSION_ONLY = 1
 
 
 def _address(data: bytes) -> int:
@@ -141,10 +138,6 @@ class Decoder:
         if _is_error(ret):
             raise DecoderError(_zstd.ZSTD_getErrorName(ret).decode("ascii", "replace"))
         return out.pos, ret
-
-    def reset(self) -> None:
-        _zstd.ZSTD_DCtx_reset(self.dctx, ZSTD_RESET_SESSION_ONLY)
-        self.set_input(b"")
 
     def end(self) -> None:
         if self.dctx:

@@ -5,8 +5,10 @@ line, and the mount stays up (Z1, Z2, Z3)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
+import logging
 import os
 import random
 import subprocess
@@ -20,6 +22,9 @@ from layers import text_blocks
 from mounting import is_mounted, mounted
 from tarbuild import d, f, make_tar, wh
 
+from ocifs.errors import LayerError
+from ocifs.layerindex import index_layer
+from ocifs.layout import resolve
 from ocifs.mediatypes import OCI_LAYER_ZSTD
 from ocifs.ocibuild import LayoutWriter, host_platform, sha256_digest
 
@@ -176,3 +181,21 @@ def test_b3_damaged_zstd_frame_under_a_live_mount_is_eio(tmp_path: Path) -> None
     lines = [line for line in log.read_text().splitlines() if "EIO" in line]
     assert lines, log.read_text()
     assert "'/second'" in lines[0] and "layer 0 (sha256:" in lines[0] and "zstd" in lines[0]
+
+
+def test_z3_skopeo_chunked_layer_is_checked_against_its_toc(
+    skopeo_images: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Z3: skopeo's zstd:chunked layer (its footer and the io.containers.zstd-chunked.*
+    annotations of skopeo 1.9) goes through the TOC checks and agrees; the same blob with an
+    annotation that lies about the TOC's checksum is refused."""
+    _, layouts = skopeo_images
+    (layer,) = resolve(layouts / "zstd-chunked", "latest").layers
+    assert any("zstd-chunked.manifest-position" in key for key in layer.annotations)
+    with caplog.at_level(logging.INFO, logger="ocifs.zstdchunked"):
+        index_layer(layer)
+    assert "zstd:chunked, TOC of" in caplog.text and "agrees with the stream" in caplog.text
+    key = next(k for k in layer.annotations if k.endswith("manifest-checksum"))
+    lying = dataclasses.replace(layer, annotations={**layer.annotations, key: "sha256:" + "0" * 64})
+    with pytest.raises(LayerError, match="manifest-checksum"):
+        index_layer(lying)
