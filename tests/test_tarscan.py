@@ -1,7 +1,9 @@
-"""Tests of ``ocifs.tarscan``, the tar header parser (checklist lines B4 and A4-A10).
+"""Tests of ``ocifs.tarscan``, the tar header parser (checklist lines B4, A4-A10 and T1-T3).
 
-Archives come from CPython's ``tarfile`` (GNU and PAX formats), from GNU tar (sparse files)
-and from hand-crafted blocks with exact damage. Every test checks real parsed values.
+Archives come from CPython's ``tarfile`` (GNU and PAX formats), from GNU tar (sparse files,
+out-of-range mtimes) and from hand-crafted blocks with exact damage. Every test checks real
+parsed values. Where a stream is odd, the expected behaviour is what Go's archive/tar (read
+by containerd, Docker, podman and umoci) does with it, as the README's "Tar streams" says.
 """
 
 from __future__ import annotations
