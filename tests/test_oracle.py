@@ -263,9 +263,9 @@ IMAGES: dict[str, list[Step]] = {
 #
 # ``umoci repack`` never writes opaque markers, hardlink chains or sub-second mtimes (Go's
 # tar writer rounds to whole seconds), so these layers are written with tests/tarbuild.py
-# and appended to tree-2 by umoci (uncompressed tar layers). ``umoci insert --opaque`` would
-# write an opaque marker too, but umoci 0.4.7 leaves its layers truncated (no padding after
-# the last file, no end-of-archive blocks), so it is not used. Every directory is named by
+# and appended to tree-2 by umoci (uncompressed tar layers). The layers ``umoci insert``
+# writes (they end right after the last file's data, T1) are compared in
+# test_tarstream_mount.py. Every directory is named by
 # an entry: an implied parent gets its extraction time as mtime under umoci (M8 is not
 # what this test is about).
 NS = "1600000000.123456789"
