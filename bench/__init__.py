@@ -44,5 +44,7 @@ minutes (for the large image umoci unpack takes ~100 s and ratarmount's first mo
 The modules, one job each: ``steps`` (commands, progress, failed steps), ``images`` (building
 the images), ``tools`` (the commands compared, their versions), ``probes`` (the things timed),
 ``measure`` (the steps for each tool, cold caches), ``report`` (the table, the text, --json),
-``__main__`` (the options and the run).
+``__main__`` (the options and the run). Two measurements stand apart from the run, each
+with its own command line: ``zstdbinding`` (the zstd bindings ocifs could use: speed, the
+GIL, frame ends) and ``zstdreads`` (random 4 KiB reads of zstd layers through a mount).
 """
