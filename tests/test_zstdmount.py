@@ -154,7 +154,7 @@ def test_z3_skopeo_zstd_and_zstd_chunked_images_mount(
 def test_b3_damaged_zstd_frame_under_a_live_mount_is_eio(tmp_path: Path) -> None:
     """B3: a frame damaged after mounting fails the reads that reach it with EIO and a log
     line naming the file, the layer and the damage; the mount stays up and serves the rest."""
-    first, second = text_blocks(6 * MIB, 46), text_blocks(6 * MIB, 47)
+    first, second = text_blocks(6 * MIB, 46), text_blocks(14 * MIB, 47)
     tar = make_tar([f("small", b"early\n"), f("first", first), f("second", second)])
     layout = tmp_path / "layout"
     writer = LayoutWriter(layout)
@@ -167,7 +167,7 @@ def test_b3_damaged_zstd_frame_under_a_live_mount_is_eio(tmp_path: Path) -> None
     options = ("--no-verify", "--no-cache", "--log-file", str(log))
     with mounted(f"{layout}:latest", tmp_path / "m", *options) as mnt:
         assert (mnt / "first").read_bytes() == first
-        with blob.open("r+b") as raw:  # the second file's frames, past prefetch's reach
+        with blob.open("r+b") as raw:  # the second file's frames, far past prefetch's reach
             raw.seek(int(size * 0.85))
             raw.write(random.Random(48).randbytes(int(size * 0.1)))
         with pytest.raises(OSError) as info, open(mnt / "second", "rb") as damaged:
