@@ -6,8 +6,9 @@ blocks kept in the image's BlockCache: a missing block is inflated by a cursor (
 started at the seek point before it, or by the live cursor that stopped just before it, so
 a file read front to back continues where the last read stopped; once a reader is seen to
 be sequential, the prefetcher (``prefetch``) inflates the spans ahead of it in the image's
-InflatePool. A damaged region fails the read that reaches it (``DamagedLayer``, EIO for the
-mount) and nothing else.
+InflatePool. A zstd layer is served the same way, its cursors (zstdseek) starting at frame
+starts. A damaged region fails the read that reaches it (``DamagedLayer``, EIO for the mount)
+and nothing else.
 """
 
 from __future__ import annotations
