@@ -20,6 +20,13 @@ cache's blob sample and compression tell it from an uncompressed blob of the sam
 The config is checked against the digest its name carries (``<hex>.json``, ``blobs/sha256/
 <hex>``: every writer names it so), and its ``diff_ids`` must match the layers in number.
 Anything wrong is one ``LayoutError`` line naming the archive, the image and the member.
+
+A Docker 25+ archive holds an OCI layout next to its ``manifest.json``; ``resolve_docker25``
+resolves it through the layout (R1-R10, as ``layout`` does), and through ``manifest.json``,
+which is what ``docker load`` reads, only where the layout cannot name the image: Docker
+25.0.0 wrote OCI manifests without their layers (moby#47065), 25.0.0 to 25.0.2 left untagged
+images out of ``index.json`` (moby#47210), and later versions drop images saved by digest
+from it (moby#51389). Layers and config are verified the same way either way.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import refs, sources
+from . import layout, refs, sources
 from .blobs import Blob
 from .errors import LayoutError
 from .layout import (
@@ -45,8 +52,13 @@ from .layout import (
     parse_json,
     platform_text_of,
 )
-from .mediatypes import DOCKER_MANIFEST, MAGIC_BYTES, OCI_LAYER_TYPE, Compression
-from .mediatypes import sniff_compression as sniff
+from .mediatypes import (
+    DOCKER_MANIFEST,
+    MAGIC_BYTES,
+    OCI_LAYER_TYPE,
+    Compression,
+    sniff_compression,
+)
 from .sources import MAX_DOCUMENT_SIZE, BlobSource
 
 logger = logging.getLogger(__name__)
@@ -166,7 +178,7 @@ def _layer(source: BlobSource, position: int, name: str, diff_id: str, what: str
     found = sources.find(source, name, where)
     if found is None:
         _fail(f"{where} is missing from the archive")
-    compression = sniff(_head(found, where))
+    compression = sniff_compression(_head(found, where))
     media_type = OCI_LAYER_TYPE[compression]
     check_compression(media_type, where)
     # An uncompressed blob is the tar stream: its digest is the diff_id (and is checked).
@@ -227,3 +239,23 @@ def resolve(
         layers=layers,
         manifest_media_type=DOCKER_MANIFEST,  # what `docker load` makes of the entry
     )
+
+
+def resolve_docker25(
+    source: BlobSource,
+    ref: str | None = None,
+    digest: str | None = None,
+    platform: Platform | None = None,
+) -> ResolvedImage:
+    """Resolve an archive holding both an OCI layout and a manifest.json: through the layout,
+    or through manifest.json where the layout cannot name the image (the layout's error if
+    neither can)."""
+    try:
+        return layout.resolve(source, ref, digest, platform)
+    except LayoutError as error:
+        try:
+            resolved = resolve(source, ref, digest, platform)
+        except LayoutError:
+            raise error from None
+        logger.warning("%s; using %s instead, as docker load does", error, MANIFEST)
+        return resolved

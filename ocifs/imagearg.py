@@ -3,10 +3,12 @@ split from its REF, opened as a source, and resolved by the resolver of what it 
 
 Two tables say what varies. ``SOURCES``: what the path is, a directory (``DirectorySource``)
 or a file (``ArchiveSource``, its member table from the index cache when it has it). And
-``FORMATS``: what the source holds, known by the file that marks it: ``oci-layout`` is an OCI
-layout (a directory, an oci-archive, a Docker 25+ ``docker save``), resolved by ``layout``;
-``manifest.json`` alone is a docker-archive (``docker save``, ``podman save``, ``skopeo copy
-... docker-archive:``, or one unpacked), resolved by ``dockerarchive``.
+``FORMATS``: what the source holds, known by the files that mark it: ``oci-layout`` and
+``manifest.json`` are a Docker 25+ ``docker save``, resolved through its layout (or its
+``manifest.json`` where Docker left the layout wrong: ``dockerarchive.resolve_docker25``);
+``oci-layout`` alone is an OCI layout (a directory, an oci-archive), resolved by ``layout``;
+``manifest.json`` alone is a classic docker-archive (``docker save``, ``podman save``,
+``skopeo copy ... docker-archive:``, or one unpacked), resolved by ``dockerarchive``.
 """
 
 from __future__ import annotations
@@ -77,10 +79,14 @@ SOURCES: tuple[SourceKind, ...] = (
 
 Resolver = Callable[[BlobSource, str | None, str | None, Platform | None], ResolvedImage]
 
-# What a source holds, by the file that marks it; the first whose marker is there applies.
-FORMATS: tuple[tuple[str, Resolver], ...] = (
-    ("oci-layout", layout.resolve),
-    (dockerarchive.MANIFEST, dockerarchive.resolve),
+OCI_LAYOUT = "oci-layout"
+
+# What a source holds, by the files that mark it; the first row whose markers are all there
+# applies.
+FORMATS: tuple[tuple[tuple[str, ...], Resolver], ...] = (
+    ((OCI_LAYOUT, dockerarchive.MANIFEST), dockerarchive.resolve_docker25),
+    ((OCI_LAYOUT,), layout.resolve),
+    ((dockerarchive.MANIFEST,), dockerarchive.resolve),
 )
 
 
@@ -104,12 +110,18 @@ def resolve_source(
     platform: Platform | None = None,
 ) -> ResolvedImage:
     """Resolve the image in ``source`` with the resolver of the format it holds."""
-    for marker, resolver in FORMATS:
-        if sources.find(source, marker, f"{source.path}/{marker}") is not None:
+    present = {
+        marker
+        for markers, _ in FORMATS
+        for marker in markers
+        if sources.find(source, marker, f"{source.path}/{marker}") is not None
+    }
+    for markers, resolver in FORMATS:
+        if present.issuperset(markers):
             return resolver(source, ref, digest, platform)
-    markers = " and no ".join(marker for marker, _ in FORMATS)
     raise LayoutError(
-        f"{source.path} is not an OCI image layout or a docker-archive: it has no {markers}"
+        f"{source.path} is not an OCI image layout or a docker-archive:"
+        f" it has no {OCI_LAYOUT} and no {dockerarchive.MANIFEST}"
     )
 
 

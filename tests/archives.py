@@ -166,14 +166,20 @@ def docker_archive(out: Path, images: list[Image], **kw: Any) -> Path:
     return write_tar(out, docker_archive_entries(images, **names), **kw)
 
 
-def docker25_layout(root: Path, images: list[Image]) -> list[dict[str, Any]]:
-    """The OCI layout of a Docker 25+ archive at ``root``; returns its manifest.json."""
+def docker25_layout(root: Path, images: list[Image], bug: str = "") -> list[dict[str, Any]]:
+    """The OCI layout of a Docker 25+ archive at ``root``; returns its manifest.json.
+
+    ``bug`` writes it as Docker versions got it wrong: "no-layers", OCI manifests without
+    their layers (25.0.0, moby#47065); "null-index", ``"manifests": null`` in index.json
+    (25.0.0-25.0.2 saving an untagged image, moby#47210)."""
     writer = LayoutWriter(root)
     manifest_json: list[dict[str, Any]] = []
     for image in images:
         layers = [writer.add_layer(layer, "none") for layer in image.layers]
         descriptor = writer.add_image(layers, platform=image.platform, in_index=False)
         manifest = json.loads(writer.blob_path(descriptor["digest"]).read_bytes())
+        if bug == "no-layers":
+            descriptor = writer.add_json(dict(manifest, layers=[]), manifest["mediaType"])
         for tag in image.tags:
             entry = dict(descriptor)
             entry["annotations"] = {
@@ -190,6 +196,9 @@ def docker25_layout(root: Path, images: list[Image]) -> list[dict[str, Any]]:
         )
         assert all(d["mediaType"] == OCI_LAYER_TAR for d, _ in layers)
     writer.save()
+    if bug == "null-index":
+        index = json.loads((root / "index.json").read_text())
+        (root / "index.json").write_text(json.dumps(dict(index, manifests=None)))
     (root / "manifest.json").write_text(json.dumps(manifest_json))
     (root / "repositories").write_text("{}")
     return manifest_json
@@ -214,7 +223,9 @@ def tar_tree(root: Path, out: Path, **kw: Any) -> Path:
     return write_tar(out, tree_entries(root), **kw)
 
 
-def docker25_archive(out: Path, images: list[Image], staging: Path, **kw: Any) -> Path:
+def docker25_archive(
+    out: Path, images: list[Image], staging: Path, bug: str = "", **kw: Any
+) -> Path:
     """A Docker 25+ ``docker save`` archive, its layout staged in ``staging``."""
-    docker25_layout(staging, images)
+    docker25_layout(staging, images, bug)
     return tar_tree(staging, out, **kw)

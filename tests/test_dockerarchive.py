@@ -144,6 +144,33 @@ def test_x1_docker25_archive_resolves_as_its_oci_layout(tmp_path: Path) -> None:
     assert "'docker.io/library/app:v1'" in message and "'docker.io/library/other:latest'" in message
 
 
+@pytest.mark.parametrize("bug", ["no-layers", "null-index"])
+def test_x1_docker25_archive_as_docker_got_it_wrong(
+    tmp_path: Path, bug: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """X1: where Docker 25.0's writer left the OCI layout unable to name the image (OCI
+    manifests without layers; index.json without manifests), manifest.json is what `docker
+    load` reads, and what ocifs reads then, with a warning."""
+    images = [Image([BASE, APP], ["app:v1"])]
+    path = docker25_archive(tmp_path / "d25.tar", images, tmp_path / "stage", bug=bug)
+    for arg in (str(path), f"{path}:app:v1"):
+        resolved = resolve_arg(arg, Platform.host())
+        assert resolved.manifest_digest is None  # from manifest.json
+        assert files(resolved) == EXPECTED
+    assert "using manifest.json instead, as docker load does" in caplog.text
+
+
+def test_x1_docker25_archive_broken_both_ways_gives_the_layout_error(tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    images = [Image([BASE, APP], ["app:v1"])]
+    docker25_archive(tmp_path / "unused.tar", images, stage, bug="no-layers")
+    manifest = json.loads((stage / "manifest.json").read_text())
+    manifest[0]["Layers"][1] = "blobs/sha256/" + "0" * 64
+    (stage / "manifest.json").write_text(json.dumps(manifest))
+    path = tar_tree(stage, tmp_path / "d25.tar")
+    assert "0 layers but the config lists 2 rootfs.diff_ids" in one_line(f"{path}:app:v1")
+
+
 @pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
 def test_x2_oci_archive(tmp_path: Path, gzipped: bool) -> None:
     """X2: an oci-archive resolves exactly as its layout does: ref names, digests, an index
