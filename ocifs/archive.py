@@ -141,23 +141,29 @@ def _text(raw: bytes) -> str:
 
 
 class _PlainStream:
-    """The outer tar as tarscan reads it: a little after each header, member data skipped."""
+    """The outer tar as tarscan reads it: a little after each header, member data skipped.
+
+    A read after a skip is TABLE_READ bytes (a header and a little); reads that follow one
+    another (small members, a long PAX header) double, up to FILE_CHUNK."""
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.size = size
         self.position = 0
+        self.chunk = TABLE_READ
         self.read_bytes = 0  # what was read, rather than skipped (for the log and the tests)
 
     def read(self, size: int) -> bytes:
-        data = os.pread(self.fd, min(size, TABLE_READ), self.position)
+        data = os.pread(self.fd, min(size, self.chunk), self.position)
         self.position += len(data)
         self.read_bytes += len(data)
+        self.chunk = min(self.chunk * 2, FILE_CHUNK)
         return data
 
     def skip(self, size: int) -> int:
         skipped = max(0, min(size, self.size - self.position))
         self.position += skipped
+        self.chunk = TABLE_READ
         return skipped
 
 
