@@ -136,6 +136,20 @@ def test_x3_archive_without_end_blocks_is_read_to_its_end(tmp_path: Path) -> Non
     assert read(member_blob(archive, "big.bin")) == CONTENT["big.bin"]
 
 
+def test_x3_t1_archive_ending_right_after_member_data(tmp_path: Path) -> None:
+    """T1 through the skipping stream: the outer tar stops right after the last member's data,
+    without even its padding; Go reads it to its end, and so does the member table."""
+    whole = write_tar(tmp_path / "a.tar", [Entry("first", b"1" * 3000), Entry("last", b"x" * 700)])
+    with tarfile.open(whole) as tar:
+        last = tar.getmember("last")
+        end = last.offset_data + last.size
+    path = tmp_path / "cut.tar"
+    path.write_bytes(whole.read_bytes()[:end])
+    archive = open_archive(path)
+    assert read(member_blob(archive, "last")) == b"x" * 700
+    assert read(member_blob(archive, "first")) == b"1" * 3000
+
+
 def test_x3_long_member_names(tmp_path: Path) -> None:
     """X3, A8: long names in PAX, GNU long-name and ustar prefix form are found."""
     long_name = "d" * 80 + "/" + "n" * 90
@@ -212,7 +226,11 @@ def test_x3_sparse_member_is_no_blob(tmp_path: Path) -> None:
     path = tmp_path / "sparse.tar"
     info = tarfile.TarInfo("blob")
     info.size = 4
-    info.pax_headers = {"GNU.sparse.map": "0,4", "GNU.sparse.size": "100"}
+    info.pax_headers = {
+        "GNU.sparse.numblocks": "1",
+        "GNU.sparse.map": "0,4",
+        "GNU.sparse.size": "100",
+    }
     buffer = info.tobuf(tarfile.PAX_FORMAT) + b"data".ljust(512, b"\0") + bytes(1024)
     path.write_bytes(buffer)
     archive = open_archive(path)
@@ -247,7 +265,7 @@ def test_x3_not_a_tar(tmp_path: Path) -> None:
     """B4: a file that is no tar at all."""
     path = tmp_path / "junk.tar"
     path.write_bytes(data(5, 4096))
-    assert "is not a valid tar archive: bad header checksum at offset 0" in one_line(path)
+    assert "is not a valid tar archive: bad header checksum" in one_line(path)
 
 
 @pytest.mark.parametrize("cut", [100, 5000])
