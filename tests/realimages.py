@@ -14,7 +14,8 @@ written by the tool a user would run:
    diffs two directory copies and never writes an opaque marker: a directory removed and
    made again comes out as one whiteout per old child. On overlay the kernel marks such a
    directory opaque and buildah writes ``D/.wh..wh..opq``, as it does on any host with its
-   default driver.
+   default driver. It needs the kernel's overlayfs (there as root in this container; the
+   build fails with buildah's message where it is missing).
 2. **Reference store** (vfs, private): ``skopeo copy containers-storage:...
    containers-storage:...`` copies both images there (same layers, same image IDs).
    ``podman image mount`` in it is the engine's own view: containers/storage's extraction
@@ -50,7 +51,6 @@ either. So the tests neither read nor write the machine's container storage, and
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -542,11 +542,11 @@ def _export(work: Work) -> None:
         MAIN,
         FUTURE,
     )
-    with (
-        open(work.out("podman-docker-archive.tar"), "rb") as src,
-        gzip.open(work.out("podman-docker-archive.tar.gz"), "wb", compresslevel=6) as dst,
-    ):
-        shutil.copyfileobj(src, dst, 1 << 20)
+    # As a user would: podman save ... | gzip > img.tar.gz (gzip's default level, 6).
+    with open(work.out("podman-docker-archive.tar.gz"), "wb") as gz:
+        subprocess.run(
+            ["gzip", "-c", str(work.out("podman-docker-archive.tar"))], stdout=gz, check=True
+        )
     docker25_archive(work.out("oci-tar"), "main", MAIN, work.out("docker25-save.tar"))
     docker24_archive(work.out("podman-docker-archive.tar"), work.out("docker24-save.tar"))
 
@@ -700,6 +700,10 @@ def cleanup(work: Work) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # WORK RUNS: what build() runs in the namespace; WORK alone: a build to look at by hand.
+    # WORK RUNS: what build() runs in the namespace. WORK alone: a build to look at by hand
+    # (remove WORK and the runroots directory it prints afterwards).
     root = Path(sys.argv[1])
-    build(Work(root, Path(sys.argv[2])) if len(sys.argv) > 2 else Work.create(root))
+    work = Work(root, Path(sys.argv[2])) if len(sys.argv) > 2 else Work.create(root)
+    build(work)
+    if len(sys.argv) == 2:
+        print(f"built into {work.root}; runroots in {work.runs}")
