@@ -68,6 +68,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostfiles import make_dir, set_caps, under, write
+
 log = logging.getLogger(__name__)
 
 REPO = "localhost/ocifs-real"
@@ -198,105 +200,84 @@ class Tools:
 Step = Callable[[Path], None]
 
 
-def _b(root: Path, rel: bytes) -> bytes:
-    return os.fsencode(root) + b"/" + rel
-
-
-def _write(path: Path | bytes, data: bytes, mode: int = 0o644) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
-    os.chmod(path, mode)
-
-
-def _mkdir(path: Path | bytes, mode: int = 0o755) -> None:
-    os.makedirs(path, exist_ok=True)
-    os.chmod(path, mode)
-
-
-def _setcap(path: Path, caps: str) -> None:
-    result = subprocess.run(["setcap", caps, str(path)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ToolError(f"setcap {caps} {path} failed: {result.stderr}")
-
-
 def layer_1(r: Path) -> None:
     """Every kind of entry, hardlinks, xattrs, odd modes and owners, large files."""
-    _mkdir(r / "etc")
-    _write(r / "etc/conf", b"v1\n")
-    _write(r / "etc/other", b"other\n")
-    _write(r / "keep.txt", b"kept from layer 1\n")
-    _write(r / "meta.txt", b"metadata changes later\n")
-    _write(r / "gone.txt", b"deleted in layer 2\n")
+    make_dir(r / "etc")
+    write(r / "etc/conf", b"v1\n")
+    write(r / "etc/other", b"other\n")
+    write(r / "keep.txt", b"kept from layer 1\n")
+    write(r / "meta.txt", b"metadata changes later\n")
+    write(r / "gone.txt", b"deleted in layer 2\n")
     os.symlink("keep.txt", r / "gone-link")
-    _mkdir(r / "gone-dir/sub")
-    _write(r / "gone-dir/sub/file", b"deleted with its directory in layer 2\n")
+    make_dir(r / "gone-dir/sub")
+    write(r / "gone-dir/sub/file", b"deleted with its directory in layer 2\n")
     # flip: a directory, a file in layer 2, a directory again in layer 3.
-    _mkdir(r / "flip/sub")
-    _write(r / "flip/old1", b"old child 1\n")
-    _write(r / "flip/sub/old2", b"old child 2\n")
-    _write(r / "fileflip", b"a file in layer 1, a directory in layer 2\n")
+    make_dir(r / "flip/sub")
+    write(r / "flip/old1", b"old child 1\n")
+    write(r / "flip/sub/old2", b"old child 2\n")
+    write(r / "fileflip", b"a file in layer 1, a directory in layer 2\n")
     # opq: removed and made again in layer 3 (the opaque marker).
-    _mkdir(r / "opq/sub")
-    _write(r / "opq/old1", b"hidden by the opaque marker\n")
-    _write(r / "opq/sub/old2", b"hidden too\n")
+    make_dir(r / "opq/sub")
+    write(r / "opq/old1", b"hidden by the opaque marker\n")
+    write(r / "opq/sub/old2", b"hidden too\n")
     # Hardlinks in one layer: three names, odd owner, an xattr.
-    _mkdir(r / "hl")
-    _write(r / "hl/one", b"three names, one inode\n", 0o640)
+    make_dir(r / "hl")
+    write(r / "hl/one", b"three names, one inode\n", 0o640)
     os.chown(r / "hl/one", 1234, 5678)
     os.setxattr(r / "hl/one", "user.hl", b"linked\x00attr")
     os.link(r / "hl/one", r / "hl/two")
     os.link(r / "hl/one", r / "hl/three")
-    _write(r / "orig", b"linked to in layer 2, deleted in layer 3\n", 0o600)
+    write(r / "orig", b"linked to in layer 2, deleted in layer 3\n", 0o600)
     # Symlinks.
     os.symlink("/etc/conf", r / "abs")
     os.symlink("does/not/exist", r / "dangling")
     os.symlink("loop", r / "loop")
-    _mkdir(r / "deep/a/b")
+    make_dir(r / "deep/a/b")
     os.symlink("../../../keep.txt", r / "deep/a/b/up")
     os.symlink("keep.txt", r / "owned-link")
     os.chown(r / "owned-link", 4321, 8765, follow_symlinks=False)
     # Special files.
     os.mkfifo(r / "fifo", 0o640)
-    _mkdir(r / "dev")
+    make_dir(r / "dev")
     os.mknod(r / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.mknod(r / "dev/loop0", stat.S_IFBLK | 0o660, os.makedev(7, 0))
     # Modes.
-    _write(r / "suid", b"#!/bin/sh\n", 0o4755)
-    _write(r / "sgid", b"#!/bin/sh\n", 0o2711)
-    _write(r / "all-bits", b"#!/bin/sh\n", 0o7777)
-    _write(r / "no-perms", b"secret\n", 0o000)
-    _mkdir(r / "sgid-dir", 0o2775)
-    _mkdir(r / "sticky", 0o1777)
-    _write(r / "sticky/tmpfile", b"in a sticky directory\n", 0o666)
+    write(r / "suid", b"#!/bin/sh\n", 0o4755)
+    write(r / "sgid", b"#!/bin/sh\n", 0o2711)
+    write(r / "all-bits", b"#!/bin/sh\n", 0o7777)
+    write(r / "no-perms", b"secret\n", 0o000)
+    make_dir(r / "sgid-dir", 0o2775)
+    make_dir(r / "sticky", 0o1777)
+    write(r / "sticky/tmpfile", b"in a sticky directory\n", 0o666)
     # Owners (chown before setcap: chown clears security.capability).
-    _write(r / "owned", b"1234:5678\n")
+    write(r / "owned", b"1234:5678\n")
     os.chown(r / "owned", 1234, 5678)
-    _write(r / "bigowner", b"100000:100000\n")
+    write(r / "bigowner", b"100000:100000\n")
     os.chown(r / "bigowner", 100000, 100000)
-    _write(r / "hugeowner", b"past the 7 octal digits of ustar\n")
+    write(r / "hugeowner", b"past the 7 octal digits of ustar\n")
     os.chown(r / "hugeowner", 3_000_000, 2_097_152)
-    _mkdir(r / "owned-dir", 0o750)
+    make_dir(r / "owned-dir", 0o750)
     os.chown(r / "owned-dir", 99, 98)
     # xattrs: binary values, on a file and on a directory; a file capability.
-    _write(r / "x.bin", b"has xattrs\n")
+    write(r / "x.bin", b"has xattrs\n")
     os.setxattr(r / "x.bin", "user.bin", bytes(range(1, 256)))
     os.setxattr(r / "x.bin", "user.text", b"plain")
-    _mkdir(r / "xdir")
+    make_dir(r / "xdir")
     os.setxattr(r / "xdir", "user.dirattr", b"\xff\xfe dir")
-    _write(r / "xdir/child", b"child of xdir\n")
-    _mkdir(r / "bin")
-    _write(r / "bin/ping", b"\x7fELF not really\n", 0o755)
-    _setcap(r / "bin/ping", "cap_net_raw+ep")
+    write(r / "xdir/child", b"child of xdir\n")
+    make_dir(r / "bin")
+    write(r / "bin/ping", b"\x7fELF not really\n", 0o755)
+    set_caps(r / "bin/ping", "cap_net_raw+ep")
     # Names: spaces, bytes that are not UTF-8, longer than ustar's 100.
-    _mkdir(r / "with space")
-    _write(r / "with space/name with spaces.txt", b"spaces\n")
-    _write(_b(r, b"caf\xe9"), b"latin-1 name\n")
-    _write(r / ("long-" + "n" * 200), b"a 205-byte name\n")
+    make_dir(r / "with space")
+    write(r / "with space/name with spaces.txt", b"spaces\n")
+    write(under(r, b"caf\xe9"), b"latin-1 name\n")
+    write(r / ("long-" + "n" * 200), b"a 205-byte name\n")
     # Large files: reads cross blocks and gzip seek points.
-    _mkdir(r / "big")
+    make_dir(r / "big")
     rnd = random.Random(20240501)
-    _write(r / "big/random.bin", rnd.randbytes(BIG_RANDOM))
-    _write(r / "big/mixed.bin", rnd.randbytes(MIXED_HALF) + bytes(MIXED_HALF))
+    write(r / "big/random.bin", rnd.randbytes(BIG_RANDOM))
+    write(r / "big/mixed.bin", rnd.randbytes(MIXED_HALF) + bytes(MIXED_HALF))
     os.link(r / "big/random.bin", r / "big/random-link")
     # mtimes with nanoseconds; directories last, after their children are made.
     os.utime(r / "keep.txt", ns=(T1, T1))
@@ -310,19 +291,19 @@ def layer_2(r: Path) -> None:
     os.unlink(r / "gone-link")
     shutil.rmtree(r / "gone-dir")
     shutil.rmtree(r / "flip")
-    _write(r / "flip", b"flip is a file now\n")
+    write(r / "flip", b"flip is a file now\n")
     os.unlink(r / "fileflip")
-    _mkdir(r / "fileflip")
-    _write(r / "fileflip/child", b"fileflip is a directory now\n")
-    _write(r / "etc/conf", b"v2, longer than v1\n", 0o600)
-    _write(r / "etc/new", b"added in layer 2\n")
+    make_dir(r / "fileflip")
+    write(r / "fileflip/child", b"fileflip is a directory now\n")
+    write(r / "etc/conf", b"v2, longer than v1\n", 0o600)
+    write(r / "etc/new", b"added in layer 2\n")
     os.setxattr(r / "etc", "user.layer", b"2")
     os.chmod(r / "meta.txt", 0o640)
     os.chown(r / "meta.txt", 42, 43)
     os.setxattr(r / "meta.txt", "user.added", b"in layer 2")
     os.link(r / "orig", r / "orig-link")
     os.unlink(r / "hl/two")
-    _write(r / "hl/two", b"replaced in layer 2: the other names keep the old inode\n")
+    write(r / "hl/two", b"replaced in layer 2: the other names keep the old inode\n")
     os.setxattr(r / "xdir", "user.dirattr", b"changed in layer 2")
     with open(r / "big/mixed.bin", "r+b") as out:
         out.seek(MIXED_HALF - 2048)
@@ -332,17 +313,17 @@ def layer_2(r: Path) -> None:
 def layer_3(r: Path) -> None:
     """flip back to a directory, opq removed and made again (opaque), names removed."""
     os.unlink(r / "flip")
-    _mkdir(r / "flip")
-    _write(r / "flip/new", b"only this, no old children\n")
+    make_dir(r / "flip")
+    write(r / "flip/new", b"only this, no old children\n")
     shutil.rmtree(r / "opq")
-    _mkdir(r / "opq", 0o700)
-    _write(r / "opq/fresh", b"the only child of opq\n")
-    _mkdir(r / "opq/sub")
-    _write(r / "opq/sub/again", b"sub made again, without old2\n")
+    make_dir(r / "opq", 0o700)
+    write(r / "opq/fresh", b"the only child of opq\n")
+    make_dir(r / "opq/sub")
+    write(r / "opq/sub/again", b"sub made again, without old2\n")
     os.unlink(r / "hl/three")
     os.unlink(r / "orig")
     os.removexattr(r / "x.bin", "user.bin")
-    _write(r / "gone.txt", b"back in layer 3, new content\n")
+    write(r / "gone.txt", b"back in layer 3, new content\n")
 
 
 def layer_4(r: Path) -> None:
@@ -355,13 +336,13 @@ def layer_4(r: Path) -> None:
     shutil.rmtree(r / "xdir")
     os.symlink("/nonexistent/xdir", r / "xdir")
     shutil.rmtree(r / "deep/a")
-    _write(r / "deep/a", b"deep tree cut short\n")
+    write(r / "deep/a", b"deep tree cut short\n")
 
 
 def layer_future(r: Path) -> None:
     """A file and a symlink dated 2300-01-01 (T3), on top of the main image."""
-    _mkdir(r / "future")
-    _write(r / "future/y2300", b"from the future\n")
+    make_dir(r / "future")
+    write(r / "future/y2300", b"from the future\n")
     os.symlink("y2300", r / "future/link")
     os.utime(r / "future/y2300", (Y2300, Y2300))
     os.utime(r / "future/link", (Y2300, Y2300), follow_symlinks=False)
