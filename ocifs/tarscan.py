@@ -8,8 +8,9 @@ stream is odd this reader does what Go's does, unless that is unsafe (the P, W7 
 of the checklist stay errors); the README's "Tar streams" section lists every such case. The
 scanner reads the stream once, front to back, in large chunks (the caller hashes every byte
 ``read`` returns, so member data is read and discarded, never seeked over, and the stream is
-read to its very end, past the end-of-archive blocks) and yields one entry per real member
-with every extension header folded in:
+read to its very end, past the end-of-archive blocks; only a ``Skippable`` stream, an archive
+file whose members are not hashed, is asked to skip member data) and yields one entry per
+real member with every extension header folded in:
 
 * V7, ustar, star and GNU headers told apart as Go does (magic, version, star's trailer); the
   checksum is verified (unsigned, or the signed sum some old tars wrote); every numeric field
@@ -46,6 +47,14 @@ logger = logging.getLogger(__name__)
 
 class Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
+
+
+class Skippable(Readable, Protocol):
+    """A stream that can also pass over member data without reading it (an archive file)."""
+
+    def skip(self, size: int, /) -> int:
+        """Advance by up to ``size`` bytes; returns how many (fewer only at the end)."""
+        ...
 
 
 # Entry kinds. Strings keep the entries readable in tests and logs; they are interned.
@@ -295,7 +304,7 @@ _PAX_FIELDS: dict[bytes, tuple[str | None, Callable[[bytes], int | bytes | None]
 class _Reader:
     """Sequential reader over ``stream`` that keeps one chunk buffered and counts offsets."""
 
-    __slots__ = ("_base", "_buf", "_eof", "_pos", "_stream")
+    __slots__ = ("_base", "_buf", "_eof", "_pos", "_skip", "_stream")
 
     def __init__(self, stream: Readable) -> None:
         self._stream = stream
@@ -303,6 +312,8 @@ class _Reader:
         self._pos = 0  # read position in _buf
         self._base = 0  # stream offset of _buf[0]
         self._eof = False
+        # A layer's stream is hashed, so it is read whole; an archive's is skipped over.
+        self._skip: Callable[[int], int] | None = getattr(stream, "skip", None)
 
     @property
     def offset(self) -> int:
@@ -343,6 +354,11 @@ class _Reader:
         self._base += len(self._buf)
         self._buf = b""
         self._pos = 0
+        if self._skip is not None:
+            skipped = self._skip(remaining)
+            self._base += skipped
+            self._eof = skipped < remaining
+            return not self._eof
         while remaining:
             chunk = self._stream.read(CHUNK) if not self._eof else b""
             if not chunk:

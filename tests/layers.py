@@ -61,14 +61,24 @@ def blob_layer(
         stored,
         sha256_digest(tar),
         FileBlob(path, len(blob)),
-        annotations or {},
+        annotations=annotations or {},
     )
 
 
 def image_of(layers: list[LayerRef]) -> ResolvedImage:
     """An image of these layers, numbered in order, in the layout their blobs are in."""
     layers = [
-        LayerRef(n, x.digest, x.size, x.media_type, x.compression, x.diff_id, x.blob, x.annotations)
+        LayerRef(
+            n,
+            x.digest,
+            x.size,
+            x.media_type,
+            x.compression,
+            x.diff_id,
+            x.blob,
+            x.digest_known,
+            x.annotations,
+        )
         for n, x in enumerate(layers)
     ]
     return ResolvedImage(
