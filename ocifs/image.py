@@ -126,7 +126,7 @@ def load_image(
     readers: list[LayerReader] = []
     try:
         for layer, index in zip(layers, indexes, strict=True):
-            readers.append(open_reader(layer, index.points, blocks, pool))
+            readers.append(open_reader(layer, index.points, blocks, pool, index.blocks))
     except BaseException:
         for reader in readers:
             reader.close()

@@ -2,8 +2,9 @@
 
 Two kinds of file live under the cache directory (``$XDG_CACHE_HOME/ocifs`` by default):
 
-* ``layers/<algorithm>/<hex>``: one layer's index, keyed by its digest: its tar entries and,
-  for a gzip layer, its seek points. Blobs are content-addressed, so the file serves any
+* ``layers/<algorithm>/<hex>``: one layer's index, keyed by its digest: its tar entries,
+  for a gzip or zstd layer its seek points, and for a verified index the sums of its
+  stream's blocks (``blockcheck``). Blobs are content-addressed, so the file serves any
   layout holding that blob; a second image sharing a base layer reads the base from here.
 * ``trees/<hex>``: the merged tree of one sequence of layers, keyed by a hash of their
   digests, so that mounting the same image again needs no merge at all.
@@ -34,6 +35,8 @@ from typing import Any
 
 from . import tarscan
 from .archive import SPARSE, ArchiveIdentity, Member, MemberTable
+from .blockcache import CACHE_BLOCK
+from .blockcheck import ALGORITHM, BlockSums
 from .cachefile import (
     FORMAT_VERSION,
     CacheMiss,
@@ -115,7 +118,7 @@ class IndexCache:
     def read_layer(self, layer: LayerRef, with_entries: bool) -> LayerIndex:
         """The layer's index as the cache holds it; CacheMiss if it has none for this blob."""
         path = self.layer_path(layer.digest)
-        wanted = None if with_entries else {"points"}
+        wanted = None if with_entries else {"points", "blocks"}
         meta, sections = read_file(path, "layer", wanted, lazy=frozenset({"points.windows"}))
         if meta.get("digest") != layer.digest or meta.get("blob_size") != layer.size:
             raise CacheMiss(f"{path} describes another blob")
@@ -126,11 +129,17 @@ class IndexCache:
         try:
             points = decode_points(meta["points"], sections) if meta.get("points") else None
             entries = decode_entries(meta["entries"], sections) if with_entries else None
-            return LayerIndex(
-                entries, points, int(meta["uncompressed_size"]), bool(meta["verified"])
-            )
+            size = int(meta["uncompressed_size"])
+            verified = bool(meta["verified"])
+            blocks = decode_blocks(meta["blocks"], sections, size) if meta["blocks"] else None
         except (KeyError, TypeError, ValueError) as error:
             raise CacheMiss(f"{path} is damaged: {error}") from error
+        # Sums of another kind or block size cannot be checked: as good as none.
+        if blocks is not None and (blocks.algorithm, blocks.block) != (ALGORITHM, CACHE_BLOCK):
+            blocks = None
+        if verified and blocks is None:
+            raise CacheMiss(f"{path} has no block sums that reads could be checked against")
+        return LayerIndex(entries, points, size, verified, blocks)
 
     def store_layer(self, layer: LayerRef, index: LayerIndex) -> LayerIndex:
         """Store a layer's index (with its entries). Returns the index to serve from: the
@@ -151,9 +160,12 @@ class IndexCache:
             "uncompressed_size": index.uncompressed_size,
             "entries": entry_meta,
             "points": None,
+            "blocks": None,
         }
         if index.points is not None:
             meta["points"] = encode_points(index.points, sections)
+        if index.blocks is not None:
+            meta["blocks"] = encode_blocks(index.blocks, sections)
         path = self.layer_path(layer.digest)
         placed = self._write(path, "layer", meta, sections)
         if placed is None or index.points is None:
@@ -415,3 +427,17 @@ def decode_points(meta: dict[str, Any], sections: dict[str, bytes]) -> SeekPoint
         size=int(meta["size"]),
         compressed_size=int(meta["compressed_size"]),
     )
+
+
+# ---- a layer file's sections: its block sums ----
+
+
+def encode_blocks(blocks: BlockSums, sections: dict[str, bytes]) -> dict[str, Any]:
+    sections["blocks.sums"] = blocks.sums.tobytes()
+    return {"algorithm": blocks.algorithm, "block": blocks.block, "count": len(blocks.sums)}
+
+
+def decode_blocks(meta: dict[str, Any], sections: dict[str, bytes], size: int) -> BlockSums:
+    """The sums as stored; ValueError unless there is one per block of the stream."""
+    sums = column(sections, "blocks.sums", "Q", int(meta["count"]))
+    return BlockSums(str(meta["algorithm"]), int(meta["block"]), sums, size)

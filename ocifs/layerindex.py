@@ -6,10 +6,11 @@ cache stores and loads the same record, and the image's merge and readers use it
 The blob is read once, front to back. For a gzip layer, gzseek inflates it strictly (CRC,
 length, truncation, trailing garbage: B3) and records seek points on the way, in a thread of
 its own (zstdseek does the same for a zstd layer: frame checksums, frame starts); the tar
-scanner reads the uncompressed stream and the diff_id hash takes every byte of it in this
-thread, and the layer digest is hashed from a second file handle in a third. zlib, libzstd
-and hashlib let go of the GIL, so the three overlap and a layer indexes in about the
-time of the slowest. Reading the layer afterwards is ``layerread``'s job.
+scanner reads the uncompressed stream, the diff_id hash and the block sums (``blockcheck``:
+what every read is checked against later) take every byte of it in this thread, and the
+layer digest is hashed from a second file handle in a third. zlib, libzstd and hashlib let
+go of the GIL, so the three overlap and a layer indexes in about the time of the slowest.
+Reading the layer afterwards is ``layerread``'s job.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .blobs import BlobStream
+from .blockcheck import BlockHasher, BlockSums
 from .errors import LayerError, LayoutError, OcifsError
 from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
 from .layout import LayerRef
@@ -60,12 +62,16 @@ def verify_hash(what: str, expected: str, hasher: Any) -> None:
 class LayerIndex:
     """What indexing a layer finds, built once (by ``index_layer``) or loaded once (from the
     index cache): its entries in archive order, its seek points (for compressions read
-    through them), the size of its tar stream, and whether its digests were checked."""
+    through them), the size of its tar stream, whether its digests were checked, and the
+    sums of its stream's blocks (``blockcheck``) that every read is checked against. An
+    index built without verification has no sums: they would vouch for bytes nobody
+    checked."""
 
     entries: list[TarEntry] | None  # None when loaded without them: the tree was cached
     points: SeekPoints | None
     uncompressed_size: int
     verified: bool
+    blocks: BlockSums | None = None  # only (and always) when verified
 
     def without_entries(self) -> LayerIndex:
         """The same index without its entries, once the merged tree holds what it needs."""
@@ -181,7 +187,8 @@ def _index_tar(
     diff_hasher = new_hash(layer.diff_id) if verify else None
     same_algorithm = layer.digest.split(":")[0] == layer.diff_id.split(":")[0]
     blob_hasher = new_hash(layer.digest) if verify and not same_algorithm else None
-    hashers = [hasher for hasher in (diff_hasher, blob_hasher) if hasher is not None]
+    block_hasher = BlockHasher() if verify else None
+    hashers = [h for h in (diff_hasher, blob_hasher, block_hasher) if h is not None]
 
     def read(size: int) -> bytes:
         chunk = blob.read(size)
@@ -194,7 +201,7 @@ def _index_tar(
     if diff_hasher is not None:
         verify_hash("layer digest", layer.digest, blob_hasher or diff_hasher)
         verify_hash("diff_id", layer.diff_id, diff_hasher)
-    return LayerIndex(entries, None, blob.tell(), verify)
+    return LayerIndex(entries, None, blob.tell(), verify, block_sums(block_hasher, blob.tell()))
 
 
 def _index_gzip(
@@ -207,8 +214,10 @@ def _index_gzip(
     blob_digest = BlobHash(layer) if verify and layer.digest_known else None
     indexer = GzipIndexer(blob, spacing, advance)
     name = f"read-layer-{layer.position}"
+    block_hasher = BlockHasher() if verify else None
+    hashers = [h for h in (diff_hasher, block_hasher) if h is not None]
     try:
-        with BackgroundStream(indexer.read, name, [diff_hasher] if diff_hasher else []) as stream:
+        with BackgroundStream(indexer.read, name, hashers) as stream:
             entries = list(scan_tar(stream))
             stream.drain()
         points = indexer.finish()
@@ -222,7 +231,7 @@ def _index_gzip(
         verify_hash("layer digest", layer.digest, blob_digest.result())
     if diff_hasher is not None:
         verify_hash("diff_id", layer.diff_id, diff_hasher)
-    return LayerIndex(entries, points, points.size, verify)
+    return LayerIndex(entries, points, points.size, verify, block_sums(block_hasher, points.size))
 
 
 def _index_zstd(
@@ -236,8 +245,10 @@ def _index_zstd(
     blob_digest = BlobHash(layer) if verify and layer.digest_known else None
     indexer = ZstdIndexer(blob, advance)
     name = f"read-layer-{layer.position}"
+    block_hasher = BlockHasher() if verify else None
+    hashers = [h for h in (diff_hasher, block_hasher) if h is not None]
     try:
-        with BackgroundStream(indexer.read, name, [diff_hasher] if diff_hasher else []) as stream:
+        with BackgroundStream(indexer.read, name, hashers) as stream:
             entries = list(scan_tar(stream))
             stream.drain()
         found = indexer.finish()
@@ -252,7 +263,18 @@ def _index_zstd(
     if diff_hasher is not None:
         verify_hash("diff_id", layer.diff_id, diff_hasher)
     check_chunked(layer, found, entries, blob.handle)
-    return LayerIndex(entries, found.points, found.points.size, verify)
+    size = found.points.size
+    return LayerIndex(entries, found.points, size, verify, block_sums(block_hasher, size))
+
+
+def block_sums(hasher: BlockHasher | None, size: int) -> BlockSums | None:
+    """The sums of the blocks the pass read; it read the whole stream, or it failed."""
+    if hasher is None:
+        return None
+    sums = hasher.finish()
+    if sums.size != size:
+        raise RuntimeError(f"the block sums cover {sums.size} bytes of a {size}-byte stream")
+    return sums
 
 
 # One indexer per compression ocifs serves (mediatypes.SUPPORTED).

@@ -11,7 +11,9 @@ cores while the reads go on. The reader and its jobs share one ``Prefetcher`` pe
 claims on blocks being inflated, so that no block is inflated twice, and the cursors the jobs
 leave where the reads take over. Neighbouring jobs share the block across the seek point
 between them (``Seam``), or the later one goes on with the cursor the earlier one parked: the
-stream inflates once.
+stream inflates once. A job checks each block against the layer's block sums
+(``blockcheck``) before it caches it; on a mismatch it stops, caching nothing more, and the
+read that reaches the block inflates it itself and reports it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Protocol
 
 from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
+from .blockcheck import BlockSums
 from .errors import CompressionError
 from .gzseek import GzipCursor, SeekPoints
 from .layout import LayerRef
@@ -92,9 +95,11 @@ class Prefetcher:
         cache: BlockCache,
         pool: InflatePool | None,
         open_cursor: CursorFactory = GzipCursor,
+        blocks: BlockSums | None = None,
     ) -> None:
         self.layer = layer
         self.open_cursor = open_cursor
+        self.blocks = blocks  # what each block is checked against before it is cached
         self.blob = blob  # the reader's; it closes it after ``close``
         self.points = points
         self.cache = cache
@@ -261,7 +266,11 @@ class Prefetcher:
     # The jobs' side.
 
     def deliver(self, job: InflateJob, number: int, data: bytes) -> None:
-        """Cache a block the job inflated and settle its claim."""
+        """Cache a block the job inflated and settle its claim. A block that differs from
+        the indexed one raises BlockMismatch: the job stops, and ``finish`` settles the
+        claim with nothing cached."""
+        if self.blocks is not None:
+            self.blocks.check(number, data)
         self.cache.put((self.layer.position, number), data)
         with self.state:
             event = job.claims.pop(number)

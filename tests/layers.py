@@ -140,7 +140,9 @@ def open_layer(
     a pool made here (like load_image's) is closed after the reader."""
     cache = cache if cache is not None else BlockCache()
     own_pool = InflatePool(PREFETCH_WORKERS, cache_share(cache)) if pool is None else None
-    reader = open_reader(indexed.layer, indexed.points, cache, pool or own_pool)
+    reader = open_reader(
+        indexed.layer, indexed.points, cache, pool or own_pool, indexed.index.blocks
+    )
     try:
         yield reader
     finally:

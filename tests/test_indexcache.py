@@ -17,7 +17,8 @@ from tarbuild import Member, d, f, link, make_tar, sym
 
 from ocifs import cachefile, indexcache, tarscan
 from ocifs.blobs import FileBlob
-from ocifs.blockcache import BlockCache
+from ocifs.blockcache import CACHE_BLOCK, BlockCache
+from ocifs.blockcheck import ALGORITHM, BlockSums
 from ocifs.cachefile import CacheMiss, read_file
 from ocifs.errors import LayerError
 from ocifs.gzseek import SeekPoints
@@ -351,8 +352,11 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
 # The sha256 of the two cache files that ``store_fixed_layer_and_tree`` writes. FORMAT_VERSION
 # 1's were taken from the code before the format's code was split up (commit e090620); version
 # 2 (the tar scanner reads streams as Go does, so old indexes of odd layers are stale) changed
-# only the version fields. If these change, so must FORMAT_VERSION, or old caches are misread.
-FIXED_LAYER_FILE_SHA256 = "0abec741dd7d292a7fc8b7e10b01ab83323d67b446102001d2da6a820be33979"
+# the version fields, and then, before anything released used version 2, gained the block sums
+# of a verified layer (meta "blocks" and section "blocks.sums", from the blockcheck branch):
+# the layer file's digest changed without another bump. If these change, so must
+# FORMAT_VERSION, or old caches are misread.
+FIXED_LAYER_FILE_SHA256 = "98628431ac5eaa8345051d3b10b44e33d6024ba300c1de5cba3536abec9b9ef7"
 FIXED_TREE_FILE_SHA256 = "f557696bb0a42847e2c731336dd17f1f19a37005adfe38b5b4f7ee5770cde005"
 FIXED_MTIME_NS = 1_700_000_000_123_456_789
 
@@ -477,7 +481,8 @@ def store_fixed_layer_and_tree(root: Path) -> tuple[Path, Path]:
     )
     points = fixed_seek_points(compressed_size=len(blob))
     cache = IndexCache(root / "cache")
-    cache.store_layer(layer, LayerIndex(lower, points, 8192, True))
+    blocks = BlockSums(ALGORITHM, CACHE_BLOCK, array.array("Q", [0x0123456789ABCDEF]), 8192)
+    cache.store_layer(layer, LayerIndex(lower, points, 8192, True, blocks))
     builder = TreeBuilder()
     builder.apply_layer(0, lower)
     builder.apply_layer(1, upper)

@@ -1,0 +1,107 @@
+"""Checksums of a layer's stream, block by block: taken in the verified indexing pass,
+checked on every block a read or a prefetch job inflates (or, for a tar layer, reads).
+
+The unit is the block cache's: ``CACHE_BLOCK`` bytes of the uncompressed tar stream, aligned
+(for an uncompressed layer that stream is the blob itself). A gzip or zstd reader inflates,
+checks and caches exactly such blocks, so a block is checked once, when it is made, and
+every read of the cache after that serves bytes already checked. The digests of the
+indexing pass cover the whole stream, but a read from a seek point never reaches a gzip
+member's CRC or a zstd frame's checksum (and a frame may have none); these sums let every
+block be held to the bytes that pass verified (V1).
+
+The sum is xxh3_64 (PyPI ``xxhash``): on 256 KiB blocks it runs at tens of GB/s, about ten
+times zlib's CRC32 here, so checking a block costs a few microseconds against the
+milliseconds of inflating it (``python -m bench.blockcheck``; README "Block checks").
+It guards against damage and changed blobs, not against someone forging a blob (the
+digests do that, when the layer is indexed).
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+from dataclasses import dataclass
+
+import xxhash
+
+from .blockcache import CACHE_BLOCK
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM = "xxh3_64"  # recorded in the index: sums of another kind are not compared
+
+block_sum = xxhash.xxh3_64_intdigest
+
+
+class BlockMismatch(Exception):
+    """A block's bytes are not those the indexing pass summed; the readers turn it into
+    DamagedLayer (EIO), naming the layer."""
+
+
+@dataclass(frozen=True)
+class BlockSums:
+    """One sum per ``block`` bytes of a stream of ``size`` bytes (the last block may be
+    shorter), of the kind ``algorithm`` names."""
+
+    algorithm: str
+    block: int
+    sums: array.array[int]  # 'Q', one per block
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.block <= 0 or len(self.sums) != -(-self.size // self.block):
+            raise ValueError(
+                f"{len(self.sums)} block sums for a stream of {self.size} bytes "
+                f"in blocks of {self.block}"
+            )
+
+    def length(self, number: int) -> int:
+        """The length of block ``number`` (short only for the last)."""
+        return min(self.block, self.size - number * self.block)
+
+    def check(self, number: int, data: bytes) -> None:
+        """Raise BlockMismatch unless ``data`` is block ``number`` as it was indexed."""
+        start = number * self.block
+        if not 0 <= number < len(self.sums):
+            raise BlockMismatch(f"block {number} is past the indexed stream of {self.size} bytes")
+        if len(data) != self.length(number) or block_sum(data) != self.sums[number]:
+            raise BlockMismatch(
+                f"the data at stream offset {start}-{start + self.length(number)} differs "
+                "from what the verified indexing pass read (the blob was damaged or changed)"
+            )
+
+
+class BlockHasher:
+    """Fed the stream in order, in chunks of any size (as a hashlib object is); sums each
+    block as it completes. ``finish`` gives the sums, once the whole stream was fed."""
+
+    def __init__(self, block: int = CACHE_BLOCK) -> None:
+        self.block = block
+        self.sums = array.array("Q")
+        self.partial = bytearray()  # the start of a block a chunk ended in
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        self.size += len(view)
+        block = self.block
+        if self.partial:
+            take = block - len(self.partial)
+            self.partial += view[:take]
+            view = view[take:]
+            if len(self.partial) < block:
+                return
+            self.sums.append(block_sum(self.partial))
+            self.partial.clear()
+        whole = len(view) - len(view) % block
+        sums = self.sums
+        for start in range(0, whole, block):  # the usual case: chunks are whole blocks
+            sums.append(block_sum(view[start : start + block]))
+        if whole < len(view):
+            self.partial += view[whole:]
+
+    def finish(self) -> BlockSums:
+        if self.partial:
+            self.sums.append(block_sum(self.partial))
+            self.partial.clear()
+        return BlockSums(ALGORITHM, self.block, self.sums, self.size)
