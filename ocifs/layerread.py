@@ -239,11 +239,26 @@ class SeekableLayerReader:
 
     def _inflate_block(self, number: int) -> bytes:
         start = number * CACHE_BLOCK
-        length = min(CACHE_BLOCK, self.points.size - start)
         try:
-            cursor = self._cursor_before(start)
+            cursor, opened = self._cursor_before(start)
+            try:
+                return self._decode_block(cursor, number)
+            except DamagedLayer:
+                if opened:
+                    raise
+            # A cursor that came from further back carries what it passed on its way (damage
+            # before the seek point, bytes it skipped unchecked); the point's own state does
+            # not. So a block is refused only if it is wrong decoded from its own seek point.
+            cursor, _ = self._cursor_before(start, fresh=True)
         except (CompressionError, OSError) as error:  # a damaged window, an unreadable blob
             raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
+        return self._decode_block(cursor, number)
+
+    def _decode_block(self, cursor: Cursor, number: int) -> bytes:
+        """Block ``number``, decoded by ``cursor`` (at or before it), checked and cached;
+        DamagedLayer, and the cursor dropped, if it cannot be decoded or differs."""
+        start = number * CACHE_BLOCK
+        length = min(CACHE_BLOCK, self.points.size - start)
         keep_from = 0 if self.kept_behind is None else start - self.kept_behind
         try:
             while cursor.position < start:
@@ -264,7 +279,7 @@ class SeekableLayerReader:
             try:
                 self.blocks.check(number, data)
             except BlockMismatch as error:
-                self._drop(cursor)  # what it decodes next is suspect too: start afresh
+                self._drop(cursor)  # what it decodes next is suspect too
                 where = self.points.compressed[self.points.find(start)]
                 raise DamagedLayer(
                     f"{self.layer.describe()}: {error}; {self.layer.compression} data "
@@ -284,30 +299,33 @@ class SeekableLayerReader:
                 return
         self.cache.put((self.layer.position, number), data)
 
-    def _cursor_before(self, offset: int) -> Cursor:
-        """The cursor that reaches ``offset`` with the least inflating."""
+    def _cursor_before(self, offset: int, fresh: bool = False) -> tuple[Cursor, bool]:
+        """The cursor that reaches ``offset`` with the least inflating, and whether it was
+        opened just now at the seek point before ``offset`` (always, if ``fresh``)."""
         point = self.points.find(offset)
         floor = self.points.uncompressed[point]
         best: Cursor | None = None
-        for cursor in self.cursors:
-            if cursor.position <= offset and (best is None or cursor.position > best.position):
-                best = cursor
-        # Or one a prefetch job left where the reads take over, if it is further on.
-        low = floor if best is None else max(floor, best.position + 1)
-        parked = self.prefetcher.take_parked(low, offset)
-        if parked is not None:
-            if len(self.cursors) >= self.max_cursors:
-                self.cursors.pop(0).close()
-            self.cursors.append(parked)
-            best = parked
-        if best is None or best.position < floor:
+        if not fresh:
+            for cursor in self.cursors:
+                if cursor.position <= offset and (best is None or cursor.position > best.position):
+                    best = cursor
+            # Or one a prefetch job left where the reads take over, if it is further on.
+            low = floor if best is None else max(floor, best.position + 1)
+            parked = self.prefetcher.take_parked(low, offset)
+            if parked is not None:
+                if len(self.cursors) >= self.max_cursors:
+                    self.cursors.pop(0).close()
+                self.cursors.append(parked)
+                best = parked
+        opened = best is None or best.position < floor
+        if best is None or opened:
             best = self.open_cursor(self.blob, self.points, point)
             if len(self.cursors) >= self.max_cursors:
                 self.cursors.pop(0).close()
         else:
             self.cursors.remove(best)
         self.cursors.append(best)
-        return best
+        return best, opened
 
     def _drop(self, cursor: Cursor) -> None:
         cursor.close()

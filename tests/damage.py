@@ -1,0 +1,92 @@
+"""Damage a blob the way a disk or a stray write would, and say which reads it must fail.
+
+``damage`` overwrites bytes of a blob in place, each with a different value, and gives back
+what was there. ``bad_blocks`` is the oracle of the block-check tests: the blocks of a
+layer's stream that come out wrong (or not at all) when decoded from their own seek point
+with the damaged blob, judged against the tar the layer was built from. That is the rule
+the readers keep: a block is refused exactly when it is wrong decoded from its seek point,
+however the reads before it went. ``files_hit`` maps those blocks to the files whose data
+lies in them: the reads that must fail with EIO; every other file must read right.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from ocifs.blobs import Blob
+from ocifs.blockcache import CACHE_BLOCK
+from ocifs.errors import CompressionError
+from ocifs.gzseek import GzipCursor, SeekPoints
+from ocifs.mediatypes import Compression
+from ocifs.prefetch import Cursor
+from ocifs.tarscan import FILE, TarEntry
+from ocifs.zstdseek import ZstdCursor
+
+CURSORS = {Compression.GZIP: GzipCursor, Compression.ZSTD: ZstdCursor}
+
+
+def damage(path: Path, offset: int, count: int, seed: int) -> bytes:
+    """Overwrite ``count`` bytes at ``offset``, each with a value other than its own; the
+    bytes that were there."""
+    rng = random.Random(seed)
+    with path.open("r+b") as blob:
+        blob.seek(offset)
+        original = blob.read(count)
+        blob.seek(offset)
+        blob.write(bytes(byte ^ rng.randint(1, 255) for byte in original))
+    return original
+
+
+def restore(path: Path, offset: int, original: bytes) -> None:
+    with path.open("r+b") as blob:
+        blob.seek(offset)
+        blob.write(original)
+
+
+def bad_blocks(
+    blob: Blob, compression: Compression, points: SeekPoints | None, stream: bytes
+) -> set[int]:
+    """The blocks of ``stream`` (the layer's tar) that the damaged blob no longer gives:
+    read from the blob (tar), or decoded by a new cursor from the block's seek point."""
+    bad = set()
+    handle = blob.open()
+    try:
+        for number in range(-(-len(stream) // CACHE_BLOCK)):
+            start = number * CACHE_BLOCK
+            want = stream[start : start + CACHE_BLOCK]
+            if points is None:
+                got = handle.pread(len(want), start)
+            else:
+                try:
+                    got = decoded(
+                        CURSORS[compression](handle, points, points.find(start)), start, len(want)
+                    )
+                except CompressionError:
+                    got = None
+            if got != want:
+                bad.add(number)
+    finally:
+        handle.close()
+    return bad
+
+
+def decoded(cursor: Cursor, start: int, length: int) -> bytes:
+    try:
+        cursor.skip(start - cursor.position)
+        return cursor.read(length)
+    finally:
+        cursor.close()
+
+
+def files_hit(entries: list[TarEntry], bad: set[int]) -> set[bytes]:
+    """The regular files with data in a bad block."""
+    hit = set()
+    for entry in entries:
+        if entry.kind != FILE or not entry.size:
+            continue
+        first = entry.data_offset // CACHE_BLOCK
+        last = (entry.data_offset + entry.size - 1) // CACHE_BLOCK
+        if any(number in bad for number in range(first, last + 1)):
+            hit.add(entry.path)
+    return hit
