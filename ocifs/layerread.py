@@ -239,20 +239,23 @@ class SeekableLayerReader:
 
     def _inflate_block(self, number: int) -> bytes:
         start = number * CACHE_BLOCK
+        cursor, opened = self._open_before(start, fresh=False)
         try:
-            cursor, opened = self._cursor_before(start)
-            try:
-                return self._decode_block(cursor, number)
-            except DamagedLayer:
-                if opened:
-                    raise
-            # A cursor that came from further back carries what it passed on its way (damage
-            # before the seek point, bytes it skipped unchecked); the point's own state does
-            # not. So a block is refused only if it is wrong decoded from its own seek point.
-            cursor, _ = self._cursor_before(start, fresh=True)
+            return self._decode_block(cursor, number)
+        except DamagedLayer:
+            if opened:
+                raise
+        # A cursor that came from further back carries what it passed on its way (damage
+        # before the seek point, bytes it skipped unchecked); the point's own state does
+        # not. So a block is refused only if it is wrong decoded from its own seek point.
+        cursor, _ = self._open_before(start, fresh=True)
+        return self._decode_block(cursor, number)
+
+    def _open_before(self, start: int, fresh: bool) -> tuple[Cursor, bool]:
+        try:
+            return self._cursor_before(start, fresh)
         except (CompressionError, OSError) as error:  # a damaged window, an unreadable blob
             raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
-        return self._decode_block(cursor, number)
 
     def _decode_block(self, cursor: Cursor, number: int) -> bytes:
         """Block ``number``, decoded by ``cursor`` (at or before it), checked and cached;

@@ -90,3 +90,33 @@ def files_hit(entries: list[TarEntry], bad: set[int]) -> set[bytes]:
         if any(number in bad for number in range(first, last + 1)):
             hit.add(entry.path)
     return hit
+
+
+def silent_damage(
+    path: Path,
+    blob: Blob,
+    compression: Compression,
+    points: SeekPoints,
+    stream: bytes,
+    offsets: range,
+    count: int,
+) -> int:
+    """The first of ``offsets`` where damaging ``count`` bytes goes unseen by the decoder:
+    the span holding it decodes from its seek point without an error, but to other bytes
+    (a changed literal, say). Such damage is what only the block sums can catch."""
+    for offset in offsets:
+        point = max(n for n in range(len(points)) if points.compressed[n] <= offset)
+        start = points.uncompressed[point]
+        end = points.uncompressed[point + 1] if point + 1 < len(points) else points.size
+        original = damage(path, offset, count, seed=offset)
+        handle = blob.open()
+        try:
+            got = decoded(CURSORS[compression](handle, points, point), start, end - start)
+        except CompressionError:
+            got = None
+        finally:
+            handle.close()
+            restore(path, offset, original)
+        if got is not None and got != stream[start:end]:
+            return offset
+    raise AssertionError(f"no damage of {count} bytes in {offsets} goes unseen")
