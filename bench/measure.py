@@ -220,8 +220,11 @@ def run_fuse_tool(tool: FuseTool, image: Image, mounter: Mounter) -> dict[str, C
             out["rss_after_walk_mb"] = mounter.rss_mb()
         finally:
             mounter.unmount()
-    with step(out, ["disk_bytes"], f"{what}: disk"):
-        out["disk_bytes"] = du_bytes(tool.state) if tool.state is not None else "no cache"
+    if isinstance(out["first_mount_s"], str):  # it never mounted: its cache dir says nothing
+        out["disk_bytes"] = out["first_mount_s"]
+    else:
+        with step(out, ["disk_bytes"], f"{what}: disk"):
+            out["disk_bytes"] = du_bytes(tool.state) if tool.state is not None else "no cache"
 
     # Every read measurement on a fresh mount of its own: no tool profits from what it
     # decompressed (or prefetched) for the one before.

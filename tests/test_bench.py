@@ -747,6 +747,7 @@ def test_a_mount_that_fails_leaves_one_line_cells(
     )
     expected = "failed: ocifs: error: zstd layers are not supported (exit 1 before mounting)"
     assert out["first_mount_s"] == out["find_s"] == out["later_mount_s"] == expected
+    assert out["disk_bytes"] == expected  # not the size of a cache it never wrote
     assert out["seq_cold_mb_s:etc/deep/big"] == out["random_median_ms:etc/deep/big"] == expected
     assert not mounter.mounted()
 
