@@ -293,6 +293,21 @@ def consistency_notes(
     return notes
 
 
+def build_notes(infos: dict[str, dict[str, Any]]) -> list[str]:
+    """What the bench had to change in an image a tool wrote, so that it could be measured."""
+    notes: list[str] = []
+    for name, info in infos.items():
+        corrected = info.get("diff_ids_corrected", [])
+        if corrected:
+            dropped = sum(layer["dropped_bytes"] for layer in corrected)
+            notes.append(
+                f"{name}: {format_of(info).diff_id_excuse}; so the image measured has its "
+                f"config rewritten with the streams' digests ({len(corrected)} of "
+                f"{len(info['layers'])} layers, {dropped:,} bytes of padding dropped)"
+            )
+    return notes
+
+
 def header_lines(
     machine_line: str, versions: dict[str, str], infos: dict[str, dict[str, Any]], drop_method: str
 ) -> list[str]:
@@ -417,7 +432,7 @@ def compose(
 ) -> Report:
     table = build_table(images, results, contenders.ocifs_cached)
     notes = [f"{name}: {problem}" for name, problem in (problems or {}).items()]
-    notes += consistency_notes(images, results)
+    notes += build_notes(infos) + consistency_notes(images, results)
     header = header_lines(machine_line, versions, infos, drop_method)
     text = render_text(header, table, legend_lines(contenders, images), notes, elapsed)
     return Report(header, machine_line, versions, infos, results, table, notes, elapsed, text)
