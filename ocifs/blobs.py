@@ -55,6 +55,10 @@ class Blob(Protocol):
         ...
 
 
+class NotAFile(OSError):
+    """A name that is there but holds no blob: a directory, a device, a sparse archive member."""
+
+
 @dataclass(frozen=True)
 class FileBlob:
     """A blob stored as bytes ``[offset, offset + size)`` of a host file: a layout's blob file

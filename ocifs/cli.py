@@ -22,8 +22,9 @@ from . import __version__, daemon
 from .blockcache import BLOCK_CACHE_BYTES
 from .errors import OcifsError
 from .image import Image, LoadReport, load_image
+from .imagearg import resolve_arg
 from .indexcache import IndexCache, default_cache_dir
-from .layout import Platform, resolve, split_image_arg
+from .layout import Platform
 from .mountinfo import unescape_mount_path
 from .progress import TerminalProgress
 
@@ -34,7 +35,10 @@ FSTYPE = "fuse.ocifs"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ocifs", description="Mount an OCI image layout read-only with FUSE."
+        prog="ocifs",
+        description="Mount an OCI image layout or an image archive read-only with FUSE.",
+        epilog="LAYOUT is an OCI image layout directory or an image archive (docker save,"
+        " podman save, oci-archive; plain or gzipped). REF: the image's ref name or tag.",
     )
     parser.add_argument("--version", action="version", version=f"ocifs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -159,12 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def open_image(args: argparse.Namespace, report: LoadReport) -> Image:
-    """Resolve the image argument and load the image, through the cache unless told not to."""
-    layout, ref, digest = split_image_arg(args.image)
+    """Resolve the image argument and load the image, through the cache unless told not to
+    (an archive's member table, the layers' indexes, the merged tree)."""
     platform = Platform.parse(args.platform) if args.platform else None
-    resolved = resolve(layout, ref, digest, platform)
-    logger.info("resolved %s to manifest %s", args.image, resolved.manifest_digest)
     cache = None if args.no_cache else IndexCache(args.cache_dir or default_cache_dir())
+    resolved = resolve_arg(args.image, platform, cache)
+    logger.info("resolved %s to %s", args.image, resolved.describe())
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
         return load_image(

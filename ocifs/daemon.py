@@ -281,7 +281,7 @@ def serve(image: Image, mountpoint: Path) -> int:
     with its traceback before the mount goes (a handler's bug only fails its request: see
     fuse_ops; this is what escapes the loop itself).
     """
-    logger.info("serving %s at %s", image.resolved.manifest_digest, mountpoint)
+    logger.info("serving %s at %s", image.resolved.describe(), mountpoint)
     status = 0
     try:
         trio.run(serve_until_stopped)

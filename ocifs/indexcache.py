@@ -7,6 +7,11 @@ Two kinds of file live under the cache directory (``$XDG_CACHE_HOME/ocifs`` by d
   layout holding that blob; a second image sharing a base layer reads the base from here.
 * ``trees/<hex>``: the merged tree of one sequence of layers, keyed by a hash of their
   digests, so that mounting the same image again needs no merge at all.
+* ``archives/<hex>``: the member table of an image archive (and a gzipped one's seek points),
+  keyed by the archive file's real path, device and inode, and trusted only while its size,
+  mtime and a sample of its head and tail are those it was read with (``ArchiveIdentity``).
+  An archive's content has no digest to key it by, and hashing a multi-GB file on every mount
+  would cost what the cache saves; an archive rewritten in place is read again.
 
 This module is the policy: where the files go, what they are keyed by, when one is trusted
 (this blob, verified if asked, with what its compression's readers need), and the sections
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import tarscan
+from .archive import SPARSE, ArchiveIdentity, Member, MemberTable
 from .cachefile import (
     FORMAT_VERSION,
     CacheMiss,
@@ -46,6 +52,7 @@ from .cachefile import (
 from .gzseek import SeekPoints
 from .layerindex import LayerIndex
 from .layout import LayerRef
+from .mediatypes import Compression
 from .tarscan import TarEntry
 from .tree import MergedTree
 from .xdg import ocifs_dir
@@ -64,6 +71,8 @@ KIND_CODES = {
     tarscan.FIFO: "p",
 }
 KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
+MEMBER_CODES = {**KIND_CODES, SPARSE: "s"}  # an archive's members: tar kinds, and sparse files
+MEMBERS_BY_CODE = {code: kind for kind, code in MEMBER_CODES.items()}
 
 
 def default_cache_dir() -> Path:
@@ -152,6 +161,49 @@ class IndexCache:
         start, length = placed["points.windows"]
         windows = FileSection(path, start, length)
         return dataclasses.replace(index, points=dataclasses.replace(index.points, windows=windows))
+
+    def archive_path(self, identity: ArchiveIdentity) -> Path:
+        return self.root / "archives" / identity.key()
+
+    def load_archive(self, identity: ArchiveIdentity) -> MemberTable | None:
+        """The member table of this archive file if the cache has one read from it as it is
+        now (else None, and the log says why). A gzipped archive's seek-point windows stay
+        in the cache file until a read needs them."""
+        path = self.archive_path(identity)
+        try:
+            meta, sections = read_file(path, "archive", None, lazy=frozenset({"points.windows"}))
+            if meta.get("identity") != dataclasses.asdict(identity):
+                raise CacheMiss(f"{identity.path} changed since {path} was written")
+            try:
+                members = decode_members(meta["members"], sections)
+                compression = Compression(meta["compression"])
+                points = decode_points(meta["points"], sections) if meta["points"] else None
+            except (KeyError, TypeError, ValueError) as error:
+                raise CacheMiss(f"{path} is damaged: {error}") from error
+        except CacheMiss as reason:
+            logger.info("reading the member table of %s: %s", identity.path, reason)
+            return None
+        return MemberTable(compression, members, points)
+
+    def store_archive(self, identity: ArchiveIdentity, table: MemberTable) -> MemberTable:
+        """Store an archive's member table. Returns the table to use: the same, its seek-point
+        windows then read from the file just written rather than held in memory."""
+        member_meta, sections = encode_members(table.members)
+        meta: dict[str, Any] = {
+            "identity": dataclasses.asdict(identity),
+            "compression": str(table.compression),
+            "members": member_meta,
+            "points": None,
+        }
+        if table.points is not None:
+            meta["points"] = encode_points(table.points, sections)
+        path = self.archive_path(identity)
+        placed = self._write(path, "archive", meta, sections)
+        if placed is None or table.points is None:
+            return table
+        start, length = placed["points.windows"]
+        windows = FileSection(path, start, length)
+        return dataclasses.replace(table, points=dataclasses.replace(table.points, windows=windows))
 
     def load_tree(self, layers: Sequence[LayerRef]) -> MergedTree:
         path = self.tree_path(layers)
@@ -288,6 +340,40 @@ def decode_entries(meta: dict[str, Any], sections: dict[str, bytes]) -> list[Tar
         if extra["sparse"] is not None:
             entry.sparse = sparse_from_json(extra["sparse"])
     return entries
+
+
+# ---- an archive file's sections: its members ----
+
+
+def encode_members(members: dict[str, Member]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    values = list(members.values())
+    sections: dict[str, bytes] = {}
+    names = (name.encode("utf-8", "surrogateescape") for name in members)
+    sections["member.name"], sections["member.name_end"] = pack_strings(names)
+    links = ((m.link or "").encode("utf-8", "surrogateescape") for m in values)
+    sections["member.link"], sections["member.link_end"] = pack_strings(links)
+    sections["member.offset"] = array.array("Q", [m.offset for m in values]).tobytes()
+    sections["member.size"] = array.array("Q", [m.size for m in values]).tobytes()
+    sections["member.kind"] = "".join(MEMBER_CODES[m.kind] for m in values).encode()
+    return {"count": len(values)}, sections
+
+
+def decode_members(meta: dict[str, Any], sections: dict[str, bytes]) -> dict[str, Member]:
+    count = int(meta["count"])
+    names = unpack_strings(sections["member.name"], column(sections, "member.name_end", "Q", count))
+    links = unpack_strings(sections["member.link"], column(sections, "member.link_end", "Q", count))
+    offsets = column(sections, "member.offset", "Q", count)
+    sizes = column(sections, "member.size", "Q", count)
+    kinds = sections["member.kind"].decode("ascii")
+    if len(kinds) != count:
+        raise ValueError("kind column has the wrong length")
+    members = {}
+    for name, link, offset, size, code in zip(names, links, offsets, sizes, kinds, strict=True):
+        text = link.decode("utf-8", "surrogateescape")
+        members[name.decode("utf-8", "surrogateescape")] = Member(
+            MEMBERS_BY_CODE[code], offset, size, text or None
+        )
+    return members
 
 
 # ---- a layer file's sections: its gzip seek points ----

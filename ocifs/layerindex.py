@@ -200,7 +200,8 @@ def _index_gzip(
     """A gzip layer, in three threads: this one scans, one inflates (recording seek points),
     one hashes the compressed blob."""
     diff_hasher = new_hash(layer.diff_id) if verify else None
-    blob_digest = BlobHash(layer) if verify else None
+    # Without a known blob digest (a docker-archive's gzip layer) the diff_id checks it all.
+    blob_digest = BlobHash(layer) if verify and layer.digest_known else None
     indexer = GzipIndexer(blob, spacing, advance)
     name = f"read-layer-{layer.position}"
     try:

@@ -1,8 +1,11 @@
 """Resolve ``LAYOUT[:REF|@DIGEST]`` in an OCI image layout to a manifest, its config and layers.
 
-The layout (R1) is a directory with ``oci-layout`` (``imageLayoutVersion`` "1.0.0"),
-``index.json`` and content-addressed ``blobs/<alg>/<hex>``. ``resolve`` picks a top-level
-descriptor of ``index.json`` by ref name, by digest or because it is the only one (R2, R3),
+The layout (R1) has ``oci-layout`` (``imageLayoutVersion`` "1.0.0"), ``index.json`` and
+content-addressed ``blobs/<alg>/<hex>``; it is read through a ``sources.BlobSource``, so the
+same resolution serves a directory, an oci-archive and the OCI layout inside a Docker 25+
+``docker save`` archive (X1, X2). ``resolve`` picks a top-level descriptor of ``index.json`` by
+name (``refs``: the ref name, or containerd's image name), by digest or because it is the
+only one (R2, R3),
 follows OCI indexes and Docker manifest lists (nested up to ``MAX_INDEX_DEPTH``) to the
 manifest for the requested platform (R5), checks the manifest (R4), the config (R6) and the
 layer descriptors (R7), and returns a ``ResolvedImage``.
@@ -10,7 +13,7 @@ layer descriptors (R7), and returns a ``ResolvedImage``.
 Every JSON document (index.json, indexes, manifests, config) is size-capped before it is read
 (``MAX_DOCUMENT_SIZE``) and, when it is a blob, checked against its descriptor's size and digest
 (R9). Every digest is checked against its grammar before it is turned into a path (R8), so no
-descriptor can make us open anything outside ``LAYOUT/blobs``. Layer blobs are only stat-ed
+descriptor can make us open anything outside ``LAYOUT/blobs``. Layer blobs are only looked up
 here (presence and size, R10); their content digests are verified later, while indexing.
 
 Anything wrong with the input is raised as ``LayoutError`` with one line naming the layout,
@@ -24,16 +27,17 @@ import json
 import logging
 import os
 import re
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .blobs import Blob, FileBlob
+from . import refs, sources
+from .blobs import Blob
 from .errors import LayoutError
 from .mediatypes import (
     CONFIG_TYPES,
+    CONTAINERD_IMAGE_NAME,
     DOCKER_SCHEMA1,
     ENCRYPTED_SUFFIX,
     INDEX_TYPES,
@@ -45,10 +49,10 @@ from .mediatypes import (
     REF_NAME,
     Compression,
 )
+from .sources import MAX_DOCUMENT_SIZE, BlobSource, open_directory
 
 logger = logging.getLogger(__name__)
 
-MAX_DOCUMENT_SIZE = 4 * 1024 * 1024  # index.json, indexes, manifests, configs (B1)
 MAX_INDEX_DEPTH = 8  # nested indexes below index.json (R5)
 MAX_LISTED = 20  # refs / platforms named in one error message
 
@@ -89,6 +93,9 @@ class LayerRef:
     compression: Compression  # a supported one: resolve refuses the others
     diff_id: str  # from config.rootfs.diff_ids[index], grammar-checked
     blob: Blob  # where its bytes are (a layout's blob file, an archive's member, ...)
+    # False when nothing names the blob's own digest (a compressed layer of a docker-archive,
+    # whose ``digest`` is then its diff_id): indexing checks the diff_id alone.
+    digest_known: bool = True
 
     def describe(self) -> str:
         """How error messages name the layer: 'layer 2 (sha256:abcd...)'."""
@@ -97,13 +104,19 @@ class LayerRef:
 
 @dataclass(frozen=True)
 class ResolvedImage:
-    layout: Path
-    manifest_digest: str
+    layout: Path  # the layout directory or the archive file
+    manifest_digest: str | None  # None for a docker-archive image, which has no manifest
     config_digest: str
     config: dict[str, Any]
     platform: str | None  # "os/arch[/variant]" of the chosen manifest when known
     layers: tuple[LayerRef, ...]
     manifest_media_type: str = OCI_MANIFEST  # as given by the manifest or its descriptor
+
+    def describe(self) -> str:
+        """How log lines name the image: its manifest, or its config when it has none."""
+        if self.manifest_digest is None:
+            return f"image {self.config_digest} (a docker-archive's manifest.json)"
+        return f"manifest {self.manifest_digest}"
 
 
 @dataclass(frozen=True)
@@ -131,28 +144,6 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-# --- argument splitting (R2) ----------------------------------------------------------------
-
-
-def split_image_arg(arg: str) -> tuple[Path, str | None, str | None]:
-    """Split 'LAYOUT[:REF|@DIGEST]' into (layout path, ref or None, digest or None).
-
-    ``@sha256:``/``@sha512:`` marks a digest (grammar-checked later, by ``resolve``).
-    Otherwise the arg is split at the first ':' whose left part is an existing directory,
-    so both layout paths and refs may contain ':'; with no such ':' the whole arg is the layout.
-    """
-    at = max(arg.rfind("@sha256:"), arg.rfind("@sha512:"))
-    if at >= 0:
-        return Path(arg[:at]), None, arg[at + 1 :]
-    start = 0
-    while (colon := arg.find(":", start)) >= 0:
-        left = arg[:colon]
-        if left and Path(left).is_dir():
-            return Path(left), arg[colon + 1 :], None
-        start = colon + 1
-    return Path(arg), None, None
-
-
 # --- small helpers --------------------------------------------------------------------------
 
 
@@ -164,7 +155,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _listing(items: Iterable[str]) -> str:
+def listing(items: Iterable[str]) -> str:
     """'a, b, c' for an error message, capped at MAX_LISTED names, kept on one line."""
     unique = list(dict.fromkeys(i if i.isprintable() else repr(i) for i in items))
     shown = ", ".join(unique[:MAX_LISTED])
@@ -182,12 +173,6 @@ def check_digest(value: object, what: str) -> str:
     return value
 
 
-def blob_path(layout: Path, digest: str) -> Path:
-    """The blob's path; ``digest`` must already have passed ``check_digest``."""
-    algorithm, hexdigest = digest.split(":", 1)
-    return layout / "blobs" / algorithm / hexdigest
-
-
 @dataclass(frozen=True)
 class _Descriptor:
     media_type: str | None
@@ -201,8 +186,18 @@ class _Descriptor:
     def ref_name(self) -> str | None:
         return self.annotations.get(REF_NAME)
 
+    def names(self) -> list[str]:
+        """What a REF may match: the ref name, and the image name containerd (and Docker
+        25+'s ``docker save``) writes next to a ref name that is only a tag."""
+        keys = (REF_NAME, CONTAINERD_IMAGE_NAME)
+        return [self.annotations[k] for k in keys if k in self.annotations]
+
+    def shown_name(self) -> str | None:
+        """The name error messages list: the full image name where there is one."""
+        return self.annotations.get(CONTAINERD_IMAGE_NAME) or self.ref_name
+
     def platform_text(self) -> str | None:
-        return _platform_text(self.platform)
+        return platform_text_of(self.platform)
 
     def is_attestation(self) -> bool:
         if self.annotations.get(REFERENCE_TYPE) == "attestation-manifest":
@@ -211,10 +206,10 @@ class _Descriptor:
         return p is not None and p.get("os") == "unknown" and p.get("architecture") == "unknown"
 
     def urls_text(self) -> str:
-        return f" (urls: {_listing(self.urls)})" if self.urls else ""
+        return f" (urls: {listing(self.urls)})" if self.urls else ""
 
 
-def _platform_text(platform: dict[str, Any] | None) -> str | None:
+def platform_text_of(platform: dict[str, Any] | None) -> str | None:
     """'os/arch[/variant]' of a descriptor's platform or a config, None when not given."""
     if platform is None:
         return None
@@ -269,77 +264,62 @@ def _parse_descriptor(raw: object, where: str) -> _Descriptor:
     return _Descriptor(media_type, digest, size, platform, dict(annotations), tuple(urls))
 
 
-def _parse_json(data: bytes, what: str) -> dict[str, Any]:
+def parse_json(data: bytes, what: str, kind: type = dict) -> Any:
+    """A JSON document that must be a ``kind`` (an object unless told); LayoutError if not."""
     try:
         document = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         _fail(f"{what} is not UTF-8 JSON: {e.reason} at byte {e.start}")
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         _fail(f"{what} is not valid JSON: {str(e).splitlines()[0] if str(e) else type(e)}")
-    if not isinstance(document, dict):
-        _fail(f"{what} must be a JSON object, got {type(document).__name__}")
+    if not isinstance(document, kind):
+        expected = "a JSON object" if kind is dict else f"a JSON {kind.__name__}"
+        _fail(f"{what} must be {expected}, got {type(document).__name__}")
     return document
 
 
-def _read_file_json(path: Path, what: str) -> dict[str, Any]:
+def _read_file_json(source: BlobSource, name: str) -> dict[str, Any]:
     """Read a plain (non-blob) JSON file of the layout, capped at MAX_DOCUMENT_SIZE (B1)."""
-    try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            _fail(f"{what} is not a regular file")
-        if st.st_size > MAX_DOCUMENT_SIZE:
-            _fail(f"{what} is {st.st_size} bytes, over the {MAX_DOCUMENT_SIZE}-byte limit")
-        with path.open("rb") as f:
-            data = f.read(MAX_DOCUMENT_SIZE + 1)
-    except FileNotFoundError:
+    what = f"{source.path}/{name}"
+    data = sources.read_document(source, name, what)
+    if data is None:
         _fail(f"{what} is missing")
-    except OSError as e:
-        _fail(f"{what} cannot be read: {e.strerror or e}")
-    if len(data) > MAX_DOCUMENT_SIZE:
-        _fail(f"{what} is over the {MAX_DOCUMENT_SIZE}-byte limit")
-    return _parse_json(data, what)
+    document: dict[str, Any] = parse_json(data, what)
+    return document
 
 
-def _stat_blob(layout: Path, desc: _Descriptor, what: str) -> Path:
+def _stat_blob(source: BlobSource, desc: _Descriptor, what: str) -> Blob:
     """Check that the blob exists as a regular file of the descriptor's size (B2, R10)."""
-    path = blob_path(layout, desc.digest)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        _fail(f"{what}: blob {desc.digest} is missing from {layout}/blobs{desc.urls_text()}")
-    except OSError as e:
-        _fail(f"{what}: blob {desc.digest} cannot be read: {e.strerror or e}")
-    if not stat.S_ISREG(st.st_mode):
-        _fail(f"{what}: blob {desc.digest} is not a regular file")
-    if st.st_size != desc.size:
+    found = sources.blob(source, desc.digest, f"{what}: blob {desc.digest}")
+    if found is None:
+        _fail(f"{what}: blob {desc.digest} is missing from {source.path}/blobs{desc.urls_text()}")
+    if found.size != desc.size:
         _fail(
-            f"{what}: blob {desc.digest} is {st.st_size} bytes, but its descriptor says {desc.size}"
+            f"{what}: blob {desc.digest} is {found.size} bytes, but its descriptor says {desc.size}"
         )
-    return path
+    return found
 
 
-def _read_blob_json(layout: Path, desc: _Descriptor, what: str) -> dict[str, Any]:
+def check_content(data: bytes, digest: str, what: str) -> None:
+    """The bytes of a document must hash to its digest (R9)."""
+    algorithm, expected = digest.split(":", 1)
+    actual = hashlib.new(algorithm, data).hexdigest()
+    if actual != expected:
+        _fail(f"{what}: blob {digest} has digest {algorithm}:{actual} (content changed?)")
+
+
+def _read_blob_json(source: BlobSource, desc: _Descriptor, what: str) -> dict[str, Any]:
     """Read a JSON blob, checking cap, size and digest before parsing (B1, B2, R9)."""
     if desc.size > MAX_DOCUMENT_SIZE:
         _fail(
             f"{what}: {desc.digest} is {desc.size} bytes, "
             f"over the {MAX_DOCUMENT_SIZE}-byte limit for JSON documents"
         )
-    path = _stat_blob(layout, desc, what)
-    try:
-        with path.open("rb") as f:
-            data = f.read(desc.size + 1)
-    except OSError as e:
-        _fail(f"{what}: blob {desc.digest} cannot be read: {e.strerror or e}")
-    if len(data) != desc.size:
-        _fail(
-            f"{what}: blob {desc.digest} is {len(data)} bytes, but its descriptor says {desc.size}"
-        )
-    algorithm, expected = desc.digest.split(":", 1)
-    actual = hashlib.new(algorithm, data).hexdigest()
-    if actual != expected:
-        _fail(f"{what}: blob {desc.digest} has digest {algorithm}:{actual} (content changed?)")
-    return _parse_json(data, f"{what} {desc.digest}")
+    found = _stat_blob(source, desc, what)
+    data = sources.read_blob(found, MAX_DOCUMENT_SIZE, f"{what}: blob {desc.digest}")
+    check_content(data, desc.digest, what)
+    document: dict[str, Any] = parse_json(data, f"{what} {desc.digest}")
+    return document
 
 
 def _parse_descriptor_list(raw: object, key: str, where: str) -> list[_Descriptor]:
@@ -351,19 +331,12 @@ def _parse_descriptor_list(raw: object, key: str, where: str) -> list[_Descripto
 # --- the layout and its index.json (R1, R2, R3) ---------------------------------------------
 
 
-def _open_layout(layout: Path) -> list[_Descriptor]:
+def _open_layout(source: BlobSource) -> list[_Descriptor]:
     """Check oci-layout and return the descriptors of index.json (R1, B1)."""
-    try:
-        is_dir = layout.is_dir()
-    except OSError:
-        is_dir = False
-    if not is_dir:
-        what = "does not exist" if not os.path.lexists(layout) else "is not a directory"
-        _fail(f"{layout} is not an OCI image layout: it {what}")
-    marker = layout / "oci-layout"
-    if not os.path.lexists(marker):
+    layout = source.path
+    if sources.find(source, "oci-layout", f"{layout}/oci-layout") is None:
         _fail(f"{layout} is not an OCI image layout: oci-layout is missing")
-    oci_layout = _read_file_json(marker, f"{layout}/oci-layout")
+    oci_layout = _read_file_json(source, "oci-layout")
     version = oci_layout.get("imageLayoutVersion")
     if version != OCI_LAYOUT_VERSION:
         _fail(
@@ -371,7 +344,7 @@ def _open_layout(layout: Path) -> list[_Descriptor]:
             f"(expected {OCI_LAYOUT_VERSION!r})"
         )
     where = f"{layout}/index.json"
-    index = _read_file_json(layout / "index.json", where)
+    index = _read_file_json(source, "index.json")
     _check_schema_version(index, where)
     media_type = index.get("mediaType")
     if media_type is not None and (
@@ -390,14 +363,15 @@ def _check_schema_version(document: dict[str, Any], what: str) -> None:
 
 
 def _refs_text(descriptors: Sequence[_Descriptor]) -> str:
-    refs = [d.ref_name for d in descriptors if d.ref_name is not None]
-    return f"available refs: {_listing(repr(r) for r in refs)}" if refs else "no refs are named"
+    names = [name for d in descriptors if (name := d.shown_name()) is not None]
+    return f"available refs: {listing(repr(r) for r in names)}" if names else "no refs are named"
 
 
 def _select_top(
-    layout: Path, entries: list[_Descriptor], ref: str | None, digest: str | None
+    source: BlobSource, entries: list[_Descriptor], ref: str | None, digest: str | None
 ) -> _Descriptor | list[_Descriptor]:
     """The index.json entry to follow, or all of them to choose among by platform (R2, R3)."""
+    layout = source.path
     where = f"{layout}/index.json"
     if digest is not None:
         check_digest(digest, f"{layout}@{digest}")
@@ -405,24 +379,23 @@ def _select_top(
             if entry.digest == digest:
                 return entry
         # Any manifest or index blob of the layout may be named by digest; its size is taken
-        # from disk (capped) and its content is still checked against the digest.
-        path = blob_path(layout, digest)
+        # from the blob (capped) and its content is still checked against the digest.
         try:
-            size = path.stat().st_size if path.is_file() else -1
+            found = source.file(sources.blob_name(digest))
         except OSError:
-            size = -1
-        if size < 0:
+            found = None
+        if found is None:
             _fail(f"{layout}: no manifest or index with digest {digest} in the layout")
-        return _Descriptor(None, digest, size)
+        return _Descriptor(None, digest, found.size)
     if ref is not None:
         if not ref:
             _fail(f"{layout}: empty ref after ':' ({_refs_text(entries)})")
-        matches = [e for e in entries if e.ref_name == ref]
+        matches = refs.match(ref, [(e.names(), e) for e in entries])
         if not matches:
             _fail(f"{where}: no image with ref {ref!r}; {_refs_text(entries)}")
         digests = {m.digest for m in matches}
         if len(digests) > 1:
-            _fail(f"{where}: ref {ref!r} is ambiguous: it names {_listing(sorted(digests))}")
+            _fail(f"{where}: ref {ref!r} is ambiguous: it names {listing(sorted(digests))}")
         return matches[0]
     if not entries:
         _fail(f"{where} lists no images")
@@ -495,7 +468,7 @@ def _choose_platform(entries: Sequence[_Descriptor], want: Platform, where: str)
             matches.append(entry)
     if not matches:
         present = [e.platform_text() or "(no platform)" for e in candidates]
-        _fail(f"{where}: no manifest for platform {want}; platforms present: {_listing(present)}")
+        _fail(f"{where}: no manifest for platform {want}; platforms present: {listing(present)}")
     if want.variant is None and len(matches) > 1:
         # Any variant matches; prefer the plain entry, then the architecture's default variant.
         def rank(entry: _Descriptor) -> int:
@@ -509,9 +482,10 @@ def _choose_platform(entries: Sequence[_Descriptor], want: Platform, where: str)
 
 
 def _follow(
-    layout: Path, top: _Descriptor | list[_Descriptor], want: Platform
+    source: BlobSource, top: _Descriptor | list[_Descriptor], want: Platform
 ) -> tuple[_Descriptor, dict[str, Any], str, str | None]:
     """Follow indexes to a manifest: (descriptor, manifest, media type, platform text)."""
+    layout = source.path
     index_json = f"{layout}/index.json"
     desc = _choose_platform(top, want, index_json) if isinstance(top, list) else top
     depth = 0
@@ -519,7 +493,7 @@ def _follow(
         what = f"{layout}: manifest {desc.digest}"
         if desc.media_type in DOCKER_SCHEMA1:
             _fail(f"{what}: Docker schema 1 manifests are unsupported ({desc.media_type})")
-        document = _read_blob_json(layout, desc, f"{layout}: manifest")
+        document = _read_blob_json(source, desc, f"{layout}: manifest")
         kind, media_type = _kind(document, desc, what)
         if kind == "manifest":
             return desc, document, media_type, desc.platform_text()
@@ -535,14 +509,21 @@ def _follow(
 # --- manifest, config and layers (R6, R7, R10) ----------------------------------------------
 
 
-def _check_config(layout: Path, manifest: dict[str, Any], what: str) -> tuple[str, dict[str, Any]]:
+def _check_config(
+    source: BlobSource, manifest: dict[str, Any], what: str
+) -> tuple[str, dict[str, Any]]:
     if "config" not in manifest:
         _fail(f"{what}: no config descriptor")
     desc = _parse_descriptor(manifest["config"], f"{what} config")
     if desc.media_type not in CONFIG_TYPES:
         _fail(f"{what}: not a container image (config mediaType {desc.media_type!r})")
-    config = _read_blob_json(layout, desc, f"{layout}: config")
-    where = f"{layout}: config {desc.digest}"
+    config = _read_blob_json(source, desc, f"{source.path}: config")
+    check_config(config, f"{source.path}: config {desc.digest}")
+    return desc.digest, config
+
+
+def check_config(config: dict[str, Any], where: str) -> None:
+    """An image config's rootfs must list diff_ids (R6, R8)."""
     rootfs = config.get("rootfs")
     if not isinstance(rootfs, dict):
         _fail(f"{where}: rootfs must be an object")
@@ -553,12 +534,25 @@ def _check_config(layout: Path, manifest: dict[str, Any], what: str) -> tuple[st
         _fail(f"{where}: rootfs.diff_ids must be a list")
     for i, diff_id in enumerate(diff_ids):
         check_digest(diff_id, f"{where} rootfs.diff_ids[{i}]")
-    return desc.digest, config
+
+
+def check_compression(media_type: str, name: str) -> Compression:
+    """The compression of a layer media type ocifs serves; LayoutError naming the layer if
+    it serves no such layer (R7)."""
+    if media_type.endswith(ENCRYPTED_SUFFIX):
+        _fail(f"{name}: encrypted layers are unsupported (mediaType {media_type!r})")
+    compression = LAYER_TYPES.get(media_type)
+    if compression is None:
+        _fail(f"{name}: unsupported layer mediaType {media_type!r}")
+    if not compression.supported:  # the one place support is decided (R7)
+        _fail(f"{name}: {compression} layers ({media_type}) are not supported")
+    return compression
 
 
 def _check_layers(
-    layout: Path, manifest: dict[str, Any], diff_ids: list[str], what: str
+    source: BlobSource, manifest: dict[str, Any], diff_ids: list[str], what: str
 ) -> tuple[LayerRef, ...]:
+    layout = source.path
     raw_layers = manifest.get("layers")
     if not isinstance(raw_layers, list):
         _fail(f"{what}: layers must be a list, got {type(raw_layers).__name__}")
@@ -572,14 +566,8 @@ def _check_layers(
         name = f"{layout}: layer {i} ({desc.digest})"
         if desc.media_type is None:
             _fail(f"{name}: no mediaType")
-        if desc.media_type.endswith(ENCRYPTED_SUFFIX):
-            _fail(f"{name}: encrypted layers are unsupported (mediaType {desc.media_type!r})")
-        compression = LAYER_TYPES.get(desc.media_type)
-        if compression is None:
-            _fail(f"{name}: unsupported layer mediaType {desc.media_type!r}")
-        if not compression.supported:  # the one place support is decided (R7)
-            _fail(f"{name}: {compression} layers ({desc.media_type}) are not supported")
-        blob = FileBlob(_stat_blob(layout, desc, name), desc.size)
+        compression = check_compression(desc.media_type, name)
+        blob = _stat_blob(source, desc, name)
         layers.append(
             LayerRef(i, desc.digest, desc.size, desc.media_type, compression, diff_ids[i], blob)
         )
@@ -587,23 +575,25 @@ def _check_layers(
 
 
 def resolve(
-    layout: Path,
+    layout: Path | BlobSource,
     ref: str | None = None,
     digest: str | None = None,
     platform: Platform | None = None,
 ) -> ResolvedImage:
-    """Resolve the image; raises LayoutError with one clear line on any problem."""
-    layout = Path(layout)
+    """Resolve the image in a layout directory, or in any source holding an OCI layout;
+    raises LayoutError with one clear line on any problem."""
+    source = open_directory(layout) if isinstance(layout, (str, Path)) else layout
+    layout = source.path
     want = platform if platform is not None else Platform.host()
-    entries = _open_layout(layout)
-    top = _select_top(layout, entries, ref, digest)
-    desc, manifest, media_type, platform_text = _follow(layout, top, want)
+    entries = _open_layout(source)
+    top = _select_top(source, entries, ref, digest)
+    desc, manifest, media_type, platform_text = _follow(source, top, want)
     what = f"{layout}: manifest {desc.digest}"
-    config_digest, config = _check_config(layout, manifest, what)
+    config_digest, config = _check_config(source, manifest, what)
     diff_ids: list[str] = config["rootfs"]["diff_ids"]
-    layers = _check_layers(layout, manifest, diff_ids, what)
+    layers = _check_layers(source, manifest, diff_ids, what)
     if platform_text is None:
-        platform_text = _platform_text(config)
+        platform_text = platform_text_of(config)
     logger.debug(
         "%s: resolved manifest %s (%s), %d layers", layout, desc.digest, platform_text, len(layers)
     )

@@ -3,7 +3,8 @@
 Everything that varies with a document's or a layer's media type is decided here: which
 documents are manifests, indexes and configs, and for each layer media type its compression.
 A compression says whether ocifs can serve it and whether its readers need seek points.
-Adding a compression means a row here and its indexer and reader, nothing else.
+Adding a compression means a row here (and its magic bytes, for the streams that name no media
+type) and its indexer and reader, nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import enum
 
 OCI_LAYOUT_VERSION = "1.0.0"
 REF_NAME = "org.opencontainers.image.ref.name"
+# The whole image name containerd and Docker 25+ put next to a ref name that is only a tag.
+CONTAINERD_IMAGE_NAME = "io.containerd.image.name"
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -68,7 +71,25 @@ LAYER_TYPES: dict[str, Compression] = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": Compression.GZIP,
 }
 
-# The media type ocifs.ocibuild writes for a layer stored each way.
+# How a stream that names no media type (a docker-archive layer, an archive itself) is
+# stored, from its first bytes; anything else is taken as an uncompressed tar.
+MAGIC: dict[bytes, Compression] = {
+    b"\x1f\x8b": Compression.GZIP,
+    b"\x28\xb5\x2f\xfd": Compression.ZSTD,
+}
+MAGIC_BYTES = max(len(magic) for magic in MAGIC)
+
+
+def sniff_compression(head: bytes) -> Compression:
+    """The compression of a stream starting with ``head`` (at least MAGIC_BYTES of it)."""
+    for magic, compression in MAGIC.items():
+        if head.startswith(magic):
+            return compression
+    return Compression.NONE
+
+
+# The media type ocifs.ocibuild writes for a layer stored each way (and the one a
+# docker-archive layer is given once its compression is known from its bytes).
 OCI_LAYER_TYPE: dict[Compression, str] = {
     Compression.NONE: OCI_LAYER_TAR,
     Compression.GZIP: OCI_LAYER_GZIP,

@@ -1,39 +1,44 @@
-"""Parse the headers of an uncompressed tar stream into ``TarEntry`` records (B4, A4-A10).
+"""Parse the headers of an uncompressed tar stream into ``TarEntry`` records (B4, A4-A10, T1-T3).
 
-This is ocifs' own tar reader; CPython's ``tarfile`` is not used because it is too lenient
-(it stops silently at a damaged block, applies PAX global headers to later members, decodes
-names) and too slow for multi-gigabyte layers. The scanner reads the stream once, front to
-back, in large chunks (the caller hashes every byte ``read`` returns, so member data is read
-and discarded, never seeked over) and yields one entry per real member with every extension
-header folded in:
+This is ocifs' own tar reader; CPython's ``tarfile`` is not used because it reads differently
+from the container engines (it stops silently at a damaged block, applies PAX global headers
+to later members, decodes names) and is too slow for multi-gigabyte layers. The engines
+(containerd, Docker, podman, umoci) all read layers with Go's ``archive/tar``, so where a
+stream is odd this reader does what Go's does, unless that is unsafe (the P, W7 and H3 lines
+of the checklist stay errors); the README's "Tar streams" section lists every such case. The
+scanner reads the stream once, front to back, in large chunks (the caller hashes every byte
+``read`` returns, so member data is read and discarded, never seeked over, and the stream is
+read to its very end, past the end-of-archive blocks; only a ``Skippable`` stream, an archive
+file whose members are not hashed, is asked to skip member data) and yields one entry per
+real member with every extension header folded in:
 
-* ustar, old GNU and pre-POSIX (v7) headers; the checksum is verified (unsigned, or the
-  signed sum some old tars wrote); numbers in octal or GNU base-256;
-* names from the ustar prefix (POSIX magic only), GNU ``L``/``K`` long names and links, and
-  PAX ``path``/``linkpath``; names stay raw bytes;
-* PAX ``x`` records: path, linkpath, size, uid, gid, mtime (to the nanosecond, exactly),
-  ``SCHILY.xattr.*`` and ``LIBARCHIVE.xattr.*`` extended attributes, SCHILY.devmajor/devminor;
-  PAX ``g`` global headers are validated and otherwise ignored;
-* GNU sparse files: old GNU ``S`` headers and PAX sparse formats 0.0, 0.1 and 1.0;
-* GNU dumpdir ``D`` (a directory) and volume labels ``V`` (skipped).
+* V7, ustar, star and GNU headers told apart as Go does (magic, version, star's trailer); the
+  checksum is verified (unsigned, or the signed sum some old tars wrote); every numeric field
+  of every header is checked, octal (NUL and space padded either side) or GNU base-256;
+* names from the ustar or star prefix, GNU ``L``/``K`` long names and links (which win over
+  PAX ``path``/``linkpath``, as in Go), and PAX ``path``/``linkpath``; names stay raw bytes;
+* PAX ``x`` records (the last ``x`` header before an entry is the one that counts): path,
+  linkpath, size, uid, gid, mtime (to the nanosecond, exactly, clamped to what a 64-bit
+  nanosecond time can carry: T3), ``SCHILY.xattr.*``; atime, ctime, uname and gname are
+  checked and otherwise ignored; PAX ``g`` global headers are checked, end any pending
+  extension headers, and apply to nothing (A10);
+* GNU sparse files: old GNU ``S`` headers and PAX sparse formats 0.0, 0.1 and 1.0, recognised
+  by the same keys and versions as Go (an unknown version is a plain file).
 
-Each typeflag has its handler (``_HANDLERS``, after the scanner) and each PAX keyword its
-parser and field (``_PAX_FIELDS``), as in CPython's tarfile. Anything malformed raises
-``TarFormatError`` with one line naming the problem, the byte offset of the header and the
-entry path when it is known. The end-of-archive zero block must be followed by zero bytes only.
+The stream may end at a header boundary, right after a member's data or inside its padding,
+after one zero block, or after two zero blocks and anything at all (T1, T2). Each typeflag has
+its handler (``_HANDLERS``, after the scanner) and each PAX keyword its parser and field
+(``_PAX_FIELDS``). Anything malformed raises ``TarFormatError`` with one line naming the
+problem, the byte offset of the header and the entry path when it is known.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
-from urllib.parse import unquote_to_bytes
 
 from ocifs.errors import TarFormatError
 
@@ -42,6 +47,14 @@ logger = logging.getLogger(__name__)
 
 class Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
+
+
+class Skippable(Readable, Protocol):
+    """A stream that can also pass over member data without reading it (an archive file)."""
+
+    def skip(self, size: int, /) -> int:
+        """Advance by up to ``size`` bytes; returns how many (fewer only at the end)."""
+        ...
 
 
 # Entry kinds. Strings keep the entries readable in tests and logs; they are interned.
@@ -66,7 +79,7 @@ class TarEntry:
     mode: int  # permission bits only: mode & 0o7777
     uid: int
     gid: int
-    mtime_ns: int  # nanoseconds since the epoch; PAX sub-second precision kept
+    mtime_ns: int  # nanoseconds since the epoch, clamped to MIN/MAX_MTIME_NS
     size: int  # logical size of a FILE (the real size for sparse files); 0 otherwise
     linkname: bytes  # SYMLINK target or HARDLINK target path, raw; b"" otherwise
     devmajor: int
@@ -81,12 +94,12 @@ class TarEntry:
 TAR_BLOCK = 512  # tar's unit: every header is one, member data is padded to whole ones
 CHUNK = 1 << 20  # bytes asked of the stream per read
 MAX_SIZE = 1 << 62  # larger sizes (and offsets) are taken as damage
-MAX_LONGNAME = 64 * 1024  # GNU 'L' / 'K' data
-MAX_PAX = 8 * 1024 * 1024  # PAX 'x' / 'g' data
+MAX_SPECIAL = 1 << 20  # data of one PAX 'x'/'g' or GNU 'L'/'K' header: Go's limit too
 MAX_SPARSE_MAP = 64 * 1024 * 1024  # PAX 1.0 sparse map at the start of the member data
 MAX_SPARSE_SEGMENTS = 1 << 21  # old GNU sparse map (header and extension blocks)
-MAX_ID = 1 << 63  # uid / gid / device numbers
-MAX_MTIME_NS = (1 << 63) - 1  # mtime_ns must fit a signed 64-bit time
+INT64_MAX = (1 << 63) - 1  # what Go's parsers accept; uid, gid and device numbers too
+MIN_MTIME_NS = -(1 << 63)  # mtimes are clamped to what st_mtime_ns (int64) can carry (T3)
+MAX_MTIME_NS = (1 << 63) - 1
 
 # Numeric header fields that error messages name: name -> (start, end) in the header block.
 # The checksum (148, 156) has messages of its own.
@@ -98,21 +111,33 @@ _FIELDS = {
     "mtime": (136, 148),
     "devmajor": (329, 337),
     "devminor": (337, 345),
+    "star atime": (476, 488),
+    "star ctime": (488, 500),
     "sparse realsize": (483, 495),
 }
+
+# Header formats, told apart as Go's archive/tar does (block.getFormat).
+V7, USTAR, STAR, GNU = "v7", "ustar", "star", "gnu"
 
 _ZERO_BLOCK = bytes(TAR_BLOCK)
 _OCTAL_DIGITS = b"01234567"
 _OCTAL_FIELD_BYTES = b"01234567 \x00"  # all a plain octal field may hold
 _DECIMAL_DIGITS = b"0123456789"
 _LOW_BYTES = bytes(range(128))
-_POSIX_MAGIC = b"ustar\x00"
-_MTIME_RE = re.compile(rb"(-?)([0-9]{1,20})(?:\.([0-9]*))?")
+_USTAR_MAGIC = b"ustar\x00"
+_GNU_MAGIC = b"ustar  \x00"  # magic "ustar " and version " \0"
+_STAR_TRAILER = b"tar\x00"
+
+# devmajor and devminor of nearly every header that is no device, as writers leave them.
+_NO_DEVICES = frozenset((bytes(16), b"0000000\x00" * 2, b"0000000 " * 2))
 
 _SCHILY_XATTR = b"SCHILY.xattr."
-_LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
-_GNU_SPARSE = b"GNU.sparse."
 _GNU_SPARSE_NAME = b"GNU.sparse.name"
+_GNU_SPARSE_MAP = b"GNU.sparse.map"
+_GNU_SPARSE_OFFSET = b"GNU.sparse.offset"
+_GNU_SPARSE_NUMBYTES = b"GNU.sparse.numbytes"
+# PAX keys whose value may hold no NUL (Go's validPAXRecord; other values are binary).
+_NO_NUL_VALUES = frozenset((b"path", b"linkpath", b"uname", b"gname"))
 
 
 def _show(path: bytes) -> str:
@@ -128,11 +153,32 @@ def _pad(size: int) -> int:
     return (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
+def _format(block: bytes) -> str:
+    """The header's format: star and ustar by magic (and star's trailer), GNU by magic and
+    version, anything else is V7 (Go's getFormat, once the checksum is good)."""
+    magic = block[257:263]
+    if magic == _USTAR_MAGIC:
+        return STAR if block[508:512] == _STAR_TRAILER else USTAR
+    if block[257:265] == _GNU_MAGIC:
+        return GNU
+    return V7
+
+
+def clamp_mtime_ns(nanoseconds: int) -> int:
+    """An mtime as the nearest value a 64-bit nanosecond time can carry (T3)."""
+    if nanoseconds < MIN_MTIME_NS:
+        return MIN_MTIME_NS
+    return min(nanoseconds, MAX_MTIME_NS)
+
+
 # -- numbers ---------------------------------------------------------------------------------
 
 # mode, uid, gid, size, mtime and checksum: the adjacent numeric fields at bytes 100-156.
 _Numbers = tuple[int, int, int, int, int, int]
 _NUMBERS_LAYOUT = struct.Struct("8s8s8s12s12s8s")
+# What every header's numeric fields say: mode, uid, gid, size, mtime (seconds), devmajor,
+# devminor (0 for V7 headers, which have no such fields).
+_Fields = tuple[int, int, int, int, int, int, int]
 
 
 def _plain_numbers(block: bytes) -> _Numbers | None:
@@ -140,7 +186,7 @@ def _plain_numbers(block: bytes) -> _Numbers | None:
 
     None sends the caller to ``_number``, field by field, which also decodes base-256 and says
     what is wrong. A field passes here only as spaces, digits, then NULs and spaces, for which
-    the two agree (``_number`` reads up to the first NUL; int() refuses inner spaces and NULs).
+    the two agree (int() strips the leading spaces and refuses inner spaces and NULs).
     """
     if block[100:156].translate(None, _OCTAL_FIELD_BYTES):
         return None
@@ -158,19 +204,25 @@ def _plain_numbers(block: bytes) -> _Numbers | None:
         return None
 
 
+def _plain_devices(block: bytes) -> tuple[int, int] | None:
+    """devmajor and devminor when both are plain octal, else None (as _plain_numbers)."""
+    if block[329:345].translate(None, _OCTAL_FIELD_BYTES):
+        return None
+    try:
+        major = int(block[329:337].rstrip(b"\x00 ") or b"0", 8)
+        return major, int(block[337:345].rstrip(b"\x00 ") or b"0", 8)
+    except ValueError:
+        return None
+
+
 class _BadNumber(Exception):
     """A numeric header field that is not a number; turned into TarFormatError by the caller."""
 
 
-def _number(field: bytes) -> int:
-    """Decode an octal (NUL/space padded, empty = 0) or GNU base-256 header number."""
-    first = field[0] if field else 0
-    if first & 0x80:
-        if first & 0x40:
-            raise _BadNumber("negative base-256")
-        # Positive base-256: the bits after the marker bit are the big-endian value.
-        return int.from_bytes(field, "big") - (0x80 << (8 * (len(field) - 1)))
-    digits = field.split(b"\x00", 1)[0].strip(b" ")
+def _octal(field: bytes) -> int:
+    """An octal header field as Go reads one: NULs and spaces trimmed from both ends, then
+    the digits up to the first NUL; empty is 0."""
+    digits = field.strip(b" \x00").split(b"\x00", 1)[0]
     if not digits:
         return 0
     if digits.translate(None, _OCTAL_DIGITS):
@@ -178,12 +230,45 @@ def _number(field: bytes) -> int:
     return int(digits, 8)
 
 
-def _decimal(value: bytes, limit: int) -> int | None:
-    """A PAX decimal value, or None when it is not a plain number no larger than ``limit``."""
-    if not value or len(value) > 20 or value.translate(None, _DECIMAL_DIGITS):
+def _number(field: bytes) -> int:
+    """An octal or GNU base-256 header number; base-256 is two's complement, so it may be
+    negative (GNU tar writes mtimes before 1970 that way). Not range-checked here."""
+    if field and field[0] & 0x80:
+        bits = 8 * len(field) - 1  # every bit but the marker
+        value = int.from_bytes(field, "big") & ((1 << bits) - 1)
+        return value - (1 << bits) if field[0] & 0x40 else value
+    return _octal(field)
+
+
+def _go_int(text: bytes) -> int | None:
+    """A decimal as Go's strconv.ParseInt(text, 10, 64) reads one (an optional sign, digits,
+    within int64), or None."""
+    digits = text[1:] if text[:1] in (b"+", b"-") else text
+    if not digits or digits.translate(None, _DECIMAL_DIGITS):
         return None
-    number = int(value)
-    return number if number <= limit else None
+    digits = digits.lstrip(b"0") or b"0"
+    if len(digits) > 19:  # also keeps int() away from its limit on huge digit strings
+        return None
+    value = -int(digits) if text[:1] == b"-" else int(digits)
+    return value if -INT64_MAX - 1 <= value <= INT64_MAX else None
+
+
+def _pax_time_ns(value: bytes) -> int | None:
+    """A PAX time (seconds, an optional sign, an optional fraction) as exact nanoseconds,
+    clamped to int64 (T3); None if it is not one. Go reads the same texts, but refuses the
+    seconds that overflow int64 instead of clamping them."""
+    seconds, _, fraction = value.partition(b".")
+    negative = seconds[:1] == b"-"
+    digits = seconds[1:] if seconds[:1] in (b"+", b"-") else seconds
+    if not digits or digits.translate(None, _DECIMAL_DIGITS):
+        return None
+    if fraction.translate(None, _DECIMAL_DIGITS):
+        return None
+    digits = digits.lstrip(b"0") or b"0"
+    if len(digits) > 19:  # far outside what int64 nanoseconds can carry
+        return MIN_MTIME_NS if negative else MAX_MTIME_NS
+    nanos = int(digits) * 1_000_000_000 + int(fraction[:9].ljust(9, b"0"))
+    return clamp_mtime_ns(-nanos if negative else nanos)
 
 
 # -- PAX keywords ----------------------------------------------------------------------------
@@ -193,44 +278,33 @@ def _pax_bytes(value: bytes) -> bytes:
     return value
 
 
-def _pax_size(value: bytes) -> int | None:
-    return _decimal(value, MAX_SIZE)
-
-
 def _pax_id(value: bytes) -> int | None:
-    return _decimal(value, MAX_ID)
+    number = _go_int(value)
+    # Go reads a negative id, and chown(2) then takes -1 as "leave it": not an owner.
+    return number if number is not None and number >= 0 else None
 
 
-def _pax_mtime(value: bytes) -> int | None:
-    """Seconds with an optional fraction, as exact nanoseconds (no float on the way)."""
-    match = _MTIME_RE.fullmatch(value)
-    if match is None:
-        return None
-    sign, whole, fraction = match.groups()
-    nanos = int(whole) * 1_000_000_000 + int((fraction or b"")[:9].ljust(9, b"0"))
-    return -nanos if sign else nanos
-
-
-# PAX keywords that set one TarEntry field: key -> (field, parser). A parser returns None for
-# a bad value; an empty value unsets the keyword, so the header's field stays. Not here:
-# path and GNU.sparse.name (read first, by _Scanner.member_path, so that every message can
-# name the entry), and the families SCHILY.xattr.*, LIBARCHIVE.xattr.* and GNU.sparse.*
-# (_Scanner.apply_pax). Other keywords (atime, ctime, uname, gname, comment...) are ignored.
-_PAX_FIELDS: dict[bytes, tuple[str, Callable[[bytes], int | bytes | None]]] = {
+# PAX keywords that set one TarEntry field: key -> (field, parser), as Go's mergePAX reads
+# them. A parser returns None for a bad value; an empty value unsets the keyword, so the
+# header's field stays. A field of None checks the value and keeps nothing (atime, ctime).
+# Not here: path and the GNU.sparse.* keys (read by _Scanner.member_path and the sparse
+# code), and SCHILY.xattr.* (_Scanner.apply_pax). Other keywords are ignored, as by Go, among
+# them SCHILY.devmajor/devminor and LIBARCHIVE.xattr.* (libarchive writes SCHILY.xattr.* too).
+_PAX_FIELDS: dict[bytes, tuple[str | None, Callable[[bytes], int | bytes | None]]] = {
     b"linkpath": ("linkname", _pax_bytes),
-    b"size": ("size", _pax_size),
+    b"size": ("size", _go_int),
     b"uid": ("uid", _pax_id),
     b"gid": ("gid", _pax_id),
-    b"mtime": ("mtime_ns", _pax_mtime),
-    b"SCHILY.devmajor": ("devmajor", _pax_id),
-    b"SCHILY.devminor": ("devminor", _pax_id),
+    b"mtime": ("mtime_ns", _pax_time_ns),
+    b"atime": (None, _pax_time_ns),
+    b"ctime": (None, _pax_time_ns),
 }
 
 
 class _Reader:
     """Sequential reader over ``stream`` that keeps one chunk buffered and counts offsets."""
 
-    __slots__ = ("_base", "_buf", "_eof", "_pos", "_stream")
+    __slots__ = ("_base", "_buf", "_eof", "_pos", "_skip", "_stream")
 
     def __init__(self, stream: Readable) -> None:
         self._stream = stream
@@ -238,6 +312,8 @@ class _Reader:
         self._pos = 0  # read position in _buf
         self._base = 0  # stream offset of _buf[0]
         self._eof = False
+        # A layer's stream is hashed, so it is read whole; an archive's is skipped over.
+        self._skip: Callable[[int], int] | None = getattr(stream, "skip", None)
 
     @property
     def offset(self) -> int:
@@ -278,8 +354,13 @@ class _Reader:
         self._base += len(self._buf)
         self._buf = b""
         self._pos = 0
+        if self._skip is not None:
+            skipped = self._skip(remaining)
+            self._base += skipped
+            self._eof = skipped < remaining
+            return not self._eof
         while remaining:
-            chunk = self._stream.read(CHUNK)
+            chunk = self._stream.read(CHUNK) if not self._eof else b""
             if not chunk:
                 self._eof = True
                 return False
@@ -292,29 +373,32 @@ class _Reader:
                 remaining = 0
         return True
 
-    def first_nonzero(self) -> int | None:
-        """Read to the end of the stream; the offset of its first nonzero byte, if any."""
+    def rest(self) -> tuple[int, int | None]:
+        """Read to the end of the stream: how many bytes were left, and the offset of the first
+        nonzero one (None if all were zero)."""
+        start = self.offset
+        first: int | None = None
         while True:
-            rest = self._buf[self._pos :]
-            stripped = rest.lstrip(b"\x00")
-            if stripped:
-                return self.offset + len(rest) - len(stripped)
+            if first is None:
+                rest = self._buf[self._pos :]
+                stripped = rest.lstrip(b"\x00")
+                if stripped:
+                    first = self.offset + len(rest) - len(stripped)
             self._pos = len(self._buf)
             if not self._more():
-                return None
+                return self.offset - start, first
 
 
 class _Pending:
     """Extension headers seen since the last real entry; they apply to the next one only."""
 
-    __slots__ = ("longlink", "longname", "pax", "pax_bytes", "start")
+    __slots__ = ("longlink", "longname", "pax", "start")
 
     def __init__(self) -> None:
         self.start: int | None = None
         self.longname: bytes | None = None
         self.longlink: bytes | None = None
-        self.pax: list[tuple[bytes, bytes]] = []
-        self.pax_bytes = 0  # PAX data seen for this entry, over all its 'x' headers
+        self.pax: list[tuple[bytes, bytes]] = []  # the records of the last 'x' header
 
     def empty(self) -> bool:
         return self.start is None
@@ -337,20 +421,33 @@ class _Scanner:
 
     # -- blocks and numbers -------------------------------------------------------------
 
-    def header_number(self, block: bytes, what: str, offset: int, path: bytes | None) -> int:
-        """The numeric field ``what`` (a key of _FIELDS) of a header, octal or base-256."""
+    def header_number(self, block: bytes, what: str, offset: int) -> int:
+        """The numeric field ``what`` (a key of _FIELDS) of a header, octal or base-256; it
+        must fit int64 (Go's limit), but for the mtime, which is clamped later (T3)."""
         start, end = _FIELDS[what]
         try:
-            return _number(block[start:end])
+            value = _number(block[start:end])
         except _BadNumber as error:
-            self.fail(f"bad {what} field ({error}) in header", offset, path)
+            self.fail_in_header(block, f"bad {what} field ({error}) in header", offset)
+        if what != "mtime" and not -INT64_MAX - 1 <= value <= INT64_MAX:
+            self.fail_in_header(block, f"bad {what} field (over 64 bits) in header", offset)
+        return value
+
+    def fail_in_header(self, block: bytes, problem: str, offset: int) -> NoReturn:
+        """Fail on a header; for a real entry, name it and the offset where it starts (its
+        first extension header)."""
+        if block[156:157] in _KINDS:
+            if self.pending.start is not None:
+                offset = self.pending.start
+            self.fail(problem, offset, self.member_path(block) or None)
+        self.fail(problem, offset)
 
     def check_checksum(self, block: bytes, offset: int, stored: int | None) -> None:
         """``stored``: the checksum field when _plain_numbers could read it, else None."""
         field = block[148:156]
         if stored is None:
-            try:
-                stored = _number(field)
+            try:  # octal only, as in Go: a base-256 checksum is no checksum
+                stored = _octal(field)
             except _BadNumber:
                 self.fail("bad header checksum field", offset)
             if not field.strip(b"\x00 "):
@@ -363,16 +460,58 @@ class _Scanner:
             return
         self.fail("bad header checksum", offset)
 
+    def header_fields(self, block: bytes, offset: int, fmt: str) -> _Fields:
+        """Check the checksum and every numeric field of a header, as Go's readHeader does for
+        every header, extension headers included; the fields' values, not range-checked."""
+        numbers = _plain_numbers(block)
+        if numbers is not None:
+            self.check_checksum(block, offset, numbers[5])
+            mode, uid, gid, size, mtime, _ = numbers
+        else:
+            self.check_checksum(block, offset, None)
+            mode = self.header_number(block, "mode", offset)
+            uid = self.header_number(block, "uid", offset)
+            gid = self.header_number(block, "gid", offset)
+            size = self.header_number(block, "size", offset)
+            mtime = self.header_number(block, "mtime", offset)
+        if fmt == V7:  # no device fields
+            return mode, uid, gid, size, mtime, 0, 0
+        devices = (0, 0) if block[329:345] in _NO_DEVICES else _plain_devices(block)
+        if devices is not None:
+            devmajor, devminor = devices
+        else:
+            devmajor = self.header_number(block, "devmajor", offset)
+            devminor = self.header_number(block, "devminor", offset)
+        if fmt == STAR:  # star keeps atime and ctime after its shorter prefix
+            self.header_number(block, "star atime", offset)
+            self.header_number(block, "star ctime", offset)
+        return mode, uid, gid, size, mtime, devmajor, devminor
+
+    def data_size(self, size: int, offset: int, path: bytes | None) -> int:
+        """The size of a member's data, refused when no stream could hold it."""
+        if size < 0:
+            self.fail(f"negative size {size} in header", offset, path)
+        if size > MAX_SIZE:
+            self.fail(f"absurd size {size} in header", offset, path)
+        return size
+
     def read_data(self, size: int, offset: int, what: str) -> bytes:
-        """The data (padded to a block) of an extension header, without its padding."""
-        data = self.reader.take(_pad(size))
-        if len(data) < _pad(size):
+        """The data of an extension header; its padding may be cut short by the end (T1)."""
+        if size < 0:
+            self.fail(f"negative size {size} in a {what} header", offset)
+        data = self.reader.take(size)
+        if len(data) < size:
             self.fail(f"truncated in the data of a {what} header", offset)
-        return data[:size]
+        self.reader.skip(_pad(size) - size)
+        return data
 
     def skip_data(self, size: int, offset: int, path: bytes | None) -> None:
-        if not self.reader.skip(_pad(size)):
+        """Read past a member's data, then its padding: the stream may end anywhere in the
+        padding, or right after the data, without end blocks (T1, as ``umoci insert`` writes
+        layers); Go's reader takes that as the end of the archive, and so does this one."""
+        if not self.reader.skip(size):
             self.fail("truncated in member data", offset, path)
+        self.reader.skip(_pad(size) - size)
 
     # -- the scan ---------------------------------------------------------------------
 
@@ -385,65 +524,80 @@ class _Scanner:
             if len(block) < TAR_BLOCK:
                 if block:
                     self.fail("truncated in a header", offset)
-                if not self.pending.empty():
-                    self.fail("archive ends after an extension header", offset)
-                return  # the end of the stream at a header boundary, without end blocks
-            if block == _ZERO_BLOCK:
-                if not self.pending.empty():
-                    self.fail("end of archive right after an extension header", offset)
-                garbage = reader.first_nonzero()
-                if garbage is not None:
-                    self.fail(
-                        f"nonzero byte at offset {garbage} after the end-of-archive marker",
-                        offset,
-                    )
+                self.end(offset)  # at a header boundary, without end blocks (T1)
                 return
-            numbers = _plain_numbers(block)
-            if numbers is not None:
-                self.check_checksum(block, offset, numbers[5])
-                size = numbers[3]
-            else:
-                self.check_checksum(block, offset, None)
-                size = self.header_number(block, "size", offset, None)
-            if size > MAX_SIZE:
-                self.fail(f"absurd size {size} in header", offset)
+            if block == _ZERO_BLOCK:
+                self.end_blocks(offset)
+                return
+            fmt = _format(block)
+            fields = self.header_fields(block, offset, fmt)
             handler = handlers.get(block[156:157], _Scanner.unknown)
-            entry = handler(self, block, size, offset, numbers)
+            entry = handler(self, block, offset, fields, fmt)
             if entry is not None:
                 if not self.pending.empty():
                     self.pending = _Pending()
                 self.last_path = entry.path
                 yield entry
 
+    def end_blocks(self, offset: int) -> None:
+        """The first zero block at ``offset``: one more and anything after (T2), or the end."""
+        second = self.reader.take(TAR_BLOCK)
+        if not second:
+            self.end(offset)  # one zero block, then the end: Go takes it as the end too
+            return
+        if len(second) < TAR_BLOCK:
+            self.fail("truncated in the end-of-archive marker", offset + TAR_BLOCK)
+        if second != _ZERO_BLOCK:
+            self.fail(f"non-zero block at offset {offset + TAR_BLOCK} after the zero block", offset)
+        self.end(offset)
+        left, nonzero = self.reader.rest()
+        if nonzero is not None:  # the engines ignore it too; the diff_id covers it
+            logger.info(
+                "ignoring %d bytes after the end-of-archive marker at offset %d "
+                "(the first nonzero one at offset %d)",
+                left,
+                offset,
+                nonzero,
+            )
+
+    def end(self, offset: int) -> None:
+        """The archive ends at ``offset``; extension headers that no entry follows are dropped,
+        as Go drops them, and said so."""
+        if not self.pending.empty():
+            logger.warning(
+                "tar stream: the extension headers at offset %s describe no entry (the archive "
+                "ends at offset %d); ignored",
+                self.pending.start,
+                offset,
+            )
+
     # -- real entries: the parts every kind shares --------------------------------------
 
     def member_path(self, block: bytes) -> bytes:
-        """The entry's path: PAX path or GNU.sparse.name, GNU long name, or the header's."""
-        name = block[0:100].split(b"\x00", 1)[0]
-        if block[257:263] == _POSIX_MAGIC:
-            prefix = block[345:500].split(b"\x00", 1)[0]
-            if prefix:
-                name = prefix + b"/" + name
+        """The entry's path: the header's name (with the prefix its format has), then the PAX
+        path, then the GNU long name, each when not empty (in that order, as in Go)."""
         pending = self.pending
-        if pending.longname is not None:
-            name = pending.longname
-        sparse_name = None
+        if pending.longname:
+            return pending.longname
+        name = None
         for key, value in pending.pax:
             if key == b"path" and value:
                 name = value
-            elif key == _GNU_SPARSE_NAME and value:
-                sparse_name = value
-        # The real name of a PAX sparse file, whatever the order of the records.
-        return name if sparse_name is None else sparse_name
+        if name is not None:
+            return name
+        name = block[0:100].split(b"\x00", 1)[0]
+        prefix = _prefix(block)
+        return prefix + b"/" + name if prefix else name
 
     def member(
-        self, block: bytes, size: int, offset: int, numbers: _Numbers | None
-    ) -> tuple[TarEntry, list[tuple[bytes, bytes]]]:
+        self, block: bytes, offset: int, fields: _Fields, fmt: str
+    ) -> tuple[TarEntry, dict[bytes, bytes] | None]:
         """The entry of a real header with the pending extension headers applied; no data read.
 
-        Its size is still the stored size, for the handler to skip; also returns the
-        GNU.sparse.* PAX records. Errors name the offset of the entry's first header (its
-        extension headers included), so that is its header_offset.
+        Its size is still the stored size, for the handler to skip; also returns the GNU.sparse.*
+        PAX records when they make it a PAX sparse file as Go recognises one (None otherwise).
+        Errors name the offset of the entry's first header (its extension headers included),
+        so that is its header_offset.
         """
         pending = self.pending
         if pending.start is not None:
@@ -451,205 +605,214 @@ class _Scanner:
         kind = _KINDS[block[156:157]]
         path = self.member_path(block)
         shown: bytes | None = path or None
-        if numbers is not None:
-            mode, uid, gid, _, mtime, _ = numbers
-        else:
-            mode = self.header_number(block, "mode", offset, shown)
-            uid = self.header_number(block, "uid", offset, shown)
-            gid = self.header_number(block, "gid", offset, shown)
-            mtime = self.header_number(block, "mtime", offset, shown)
+        mode, uid, gid, size, mtime, devmajor, devminor = fields
+        mtime_ns = mtime * 1_000_000_000
+        if not MIN_MTIME_NS <= mtime_ns <= MAX_MTIME_NS:
+            mtime_ns = clamp_mtime_ns(mtime_ns)
         linkname = block[157:257].split(b"\x00", 1)[0]
-        if pending.longlink is not None:
-            linkname = pending.longlink
-        devmajor = devminor = 0
-        if kind in _DEVICES and block[257:262] == b"ustar":
-            devmajor = self.header_number(block, "devmajor", offset, shown)
-            devminor = self.header_number(block, "devminor", offset, shown)
         entry = TarEntry(
-            path=path,
-            kind=kind,
-            mode=mode & 0o7777,
-            uid=uid,
-            gid=gid,
-            mtime_ns=mtime * 1_000_000_000,
-            size=size,
-            linkname=linkname,
-            devmajor=devmajor,
-            devminor=devminor,
-            xattrs=None,
-            data_offset=self.reader.offset,
-            sparse=None,
-            header_offset=offset,
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime_ns,
+            size,
+            linkname,
+            devmajor,
+            devminor,
+            None,  # xattrs
+            self.reader.offset,  # data_offset
+            None,  # sparse
+            offset,  # header_offset
         )
-        sparse_records = self.apply_pax(entry, shown) if pending.pax else []
+        sparse = None
+        if pending.pax:
+            self.apply_pax(entry, pending.pax, offset, shown)
+            if block[156:157] != b"S":  # old GNU sparse files keep their own map (as in Go)
+                sparse = _pax_sparse_records(pending.pax)
+        if pending.longlink:
+            entry.linkname = pending.longlink
+        if sparse is not None and sparse.get(_GNU_SPARSE_NAME):
+            entry.path = path = sparse[_GNU_SPARSE_NAME]
 
+        if mode < 0 or entry.uid < 0 or entry.gid < 0:
+            for what, value in (("mode", mode), ("uid", entry.uid), ("gid", entry.gid)):
+                if value < 0:  # only base-256 says so; chown(2) takes uid -1 as "leave it"
+                    self.fail(f"bad {what} field (negative) in header", offset, path or None)
+        entry.mode = mode & 0o7777
         if not path:
             self.fail("entry with an empty name", offset)
         if b"\x00" in path:
-            self.fail("NUL byte in the entry name", offset, shown)
-        if not -MAX_MTIME_NS <= entry.mtime_ns <= MAX_MTIME_NS:
-            self.fail("mtime out of range", offset, path)
+            self.fail("NUL byte in the entry name", offset, path)
         if kind in _LINKS:
             if b"\x00" in entry.linkname:
                 self.fail("NUL byte in the link target", offset, path)
         else:
             entry.linkname = b""
-        if kind not in _DEVICES:
+        if kind in _DEVICES:
+            if devmajor < 0 or devminor < 0:
+                self.fail("negative device number in header", offset, path)
+        else:
             entry.devmajor = entry.devminor = 0
-        return entry, sparse_records
+        return entry, sparse
 
-    def apply_pax(self, entry: TarEntry, shown: bytes | None) -> list[tuple[bytes, bytes]]:
-        """Set the entry's fields from the pending PAX records, in order (the last one wins).
-
-        Returns the GNU.sparse.* records, which describe the sparse map.
-        """
-        sparse_records: list[tuple[bytes, bytes]] = []
-        offset = entry.header_offset
-        for key, value in self.pending.pax:
+    def apply_pax(
+        self,
+        entry: TarEntry | None,
+        records: list[tuple[bytes, bytes]],
+        offset: int,
+        shown: bytes | None,
+    ) -> None:
+        """Set the entry's fields from PAX records, in order (the last one wins); with no
+        entry (a global header), only check the values, as Go's mergePAX does."""
+        for key, value in records:
+            if not value:  # an empty value unsets the keyword: the header's value stays
+                continue
             rule = _PAX_FIELDS.get(key)
             if rule is not None:
-                if value:
-                    field, parse = rule
-                    parsed = parse(value)
-                    if parsed is None:
-                        self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, shown)
+                field, parse = rule
+                parsed = parse(value)
+                if parsed is None:
+                    self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, shown)
+                if field is not None and entry is not None:
                     setattr(entry, field, parsed)
-            elif key.startswith(_SCHILY_XATTR):
+        if entry is None:
+            return
+        for key, value in records:  # empty values too: engines set an empty xattr (A7)
+            if key.startswith(_SCHILY_XATTR):
                 name = key[len(_SCHILY_XATTR) :]
                 if not name:
                     self.fail("PAX xattr record without a name", offset, shown)
                 if entry.xattrs is None:
                     entry.xattrs = {}
                 entry.xattrs[name] = value  # binary and empty values kept as they are
-            elif key.startswith(_LIBARCHIVE_XATTR):
-                name = unquote_to_bytes(key[len(_LIBARCHIVE_XATTR) :])
-                if not name:
-                    self.fail("PAX xattr record without a name", offset, shown)
-                try:  # libarchive writes base64 without its '=' padding
-                    decoded = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
-                except (binascii.Error, ValueError):
-                    self.fail(f"bad base64 value for xattr {_show(name)}", offset, shown)
-                if entry.xattrs is None:
-                    entry.xattrs = {}
-                entry.xattrs[name] = decoded
-            elif key.startswith(_GNU_SPARSE) and value and key != _GNU_SPARSE_NAME:
-                sparse_records.append((key, value))
-        return sparse_records
 
     # -- the handlers of _HANDLERS, one per kind of header --------------------------------
-    # Each takes the header block, its size field, its offset and _plain_numbers(block),
-    # reads what follows the header, and returns the entry (None for an extension header).
+    # Each takes the header block, its offset, its numeric fields and format, reads what
+    # follows the header, and returns the entry (None for an extension header).
 
-    def regular(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> TarEntry:
-        """'0', NUL and '7' (contiguous): a file, maybe PAX sparse, or a pre-POSIX directory."""
-        entry, sparse_records = self.member(block, size, offset, numbers)
-        if block[257:262] != b"ustar" and entry.path.endswith(b"/"):
-            entry.kind = DIR  # pre-POSIX archives mark directories with a trailing slash
-        elif sparse_records:
-            path = entry.path
-            sparse, logical, map_size = self.pax_sparse(
-                sparse_records, entry.size, entry.header_offset, path
-            )
-            entry.data_offset = self.reader.offset
-            self.skip_data(entry.size - map_size, entry.header_offset, path)
-            entry.size = logical
-            entry.sparse = sparse
-            return entry
-        self.skip_data(entry.size, entry.header_offset, entry.path)
-        if entry.kind == DIR:
-            entry.size = 0
-        return entry
-
-    def header_only(
-        self, block: bytes, size: int, offset: int, numbers: _Numbers | None
-    ) -> TarEntry:
-        """'1'-'6': links, devices, directories, FIFOs: no data, whatever the size field says."""
-        entry, _ = self.member(block, size, offset, numbers)
-        entry.size = 0
-        return entry
-
-    def dumpdir(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> TarEntry:
-        """'D': a GNU dumpdir, a directory whose data (a list of its names) is skipped."""
-        entry, _ = self.member(block, size, offset, numbers)
-        self.skip_data(entry.size, entry.header_offset, entry.path)
-        entry.size = 0
-        return entry
-
-    def old_sparse(
-        self, block: bytes, size: int, offset: int, numbers: _Numbers | None
-    ) -> TarEntry:
-        """'S': an old GNU sparse file; its map is in the header and extension blocks."""
-        entry, _ = self.member(block, size, offset, numbers)
+    def regular(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> TarEntry:
+        """'0' and NUL: a file, maybe PAX sparse; NUL with a name ending in '/' is a
+        directory without data, as pre-POSIX tars wrote them (and as Go reads them)."""
+        entry, sparse = self.member(block, offset, fields, fmt)
         path = entry.path
-        sparse, logical = self.old_gnu_sparse(block, entry.size, entry.header_offset, path)
+        # The name before a GNU.sparse.name rename decides, as in Go.
+        if block[156:157] == b"\x00" and self.member_path(block).endswith(b"/"):
+            if sparse is not None:
+                self.fail("GNU sparse map on a directory", entry.header_offset, path)
+            entry.kind = DIR
+            entry.size = 0
+            return entry
+        stored = self.data_size(entry.size, entry.header_offset, path)
+        if sparse is not None:
+            map_size = 0
+            logical = self.sparse_size(sparse, stored, entry.header_offset, path)
+            if sparse.get(b"GNU.sparse.major") == b"1":
+                segments, map_size = self.sparse_map_1(stored, entry.header_offset, path)
+            else:
+                segments = self.sparse_map_0(sparse, entry.header_offset, path)
+            entry.data_offset = self.reader.offset
+            checked = self.check_map(
+                segments, logical, stored - map_size, entry.header_offset, path
+            )
+            self.skip_data(stored - map_size, entry.header_offset, path)
+            entry.size = logical
+            entry.sparse = checked
+            return entry
+        self.skip_data(stored, entry.header_offset, path)
+        return entry
+
+    def header_only(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> TarEntry:
+        """'1'-'6': links, devices, directories, FIFOs: no data, whatever the size field says."""
+        entry, sparse = self.member(block, offset, fields, fmt)
+        if sparse is not None:
+            self.fail(f"GNU sparse map on a {entry.kind}", entry.header_offset, entry.path)
+        entry.size = 0
+        return entry
+
+    def old_sparse(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> TarEntry:
+        """'S': an old GNU sparse file; its map is in the header and extension blocks."""
+        entry, _ = self.member(block, offset, fields, fmt)
+        path = entry.path
+        if fmt != GNU:  # star has an 'S' of its own, laid out otherwise (Go refuses it too)
+            self.fail("old GNU sparse header without the GNU magic", entry.header_offset, path)
+        stored = self.data_size(entry.size, entry.header_offset, path)
+        sparse, logical = self.old_gnu_sparse(block, stored, entry.header_offset, path)
         entry.data_offset = self.reader.offset
-        self.skip_data(entry.size, entry.header_offset, path)
+        self.skip_data(stored, entry.header_offset, path)
         entry.size = logical
         entry.sparse = sparse
         return entry
 
-    def long_name(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
-        """'L': the GNU long name of the next entry."""
-        self.pending.longname = self.gnu_long_data(size, offset, "GNU long name")
+    def long_name(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> None:
+        """'L': the GNU long name of the next entry (the last one wins; empty is none)."""
+        self.pending.longname = self.gnu_long_data(fields[3], offset, "GNU long name")
 
-    def long_link(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
+    def long_link(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> None:
         """'K': the GNU long link target of the next entry."""
-        self.pending.longlink = self.gnu_long_data(size, offset, "GNU long link")
+        self.pending.longlink = self.gnu_long_data(fields[3], offset, "GNU long link")
 
     def gnu_long_data(self, size: int, offset: int, what: str) -> bytes:
-        if size > MAX_LONGNAME:
-            self.fail(f"{what} of {size} bytes (over {MAX_LONGNAME})", offset)
+        if size > MAX_SPECIAL:
+            self.fail(f"{what} of {size} bytes (over {MAX_SPECIAL})", offset)
         data = self.read_data(size, offset, what).split(b"\x00", 1)[0]
         if self.pending.start is None:
             self.pending.start = offset
         return data
 
-    def pax_extended(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
-        """'x': PAX records for the next entry; several such headers add up."""
-        records = self.pax_data(size, offset)
-        pending = self.pending
-        pending.pax_bytes += size
-        if pending.pax_bytes > MAX_PAX:
-            self.fail(f"PAX headers of one entry over {MAX_PAX} bytes", offset)
-        if pending.start is None:
-            pending.start = offset
-        pending.pax.extend(records)
+    def pax_extended(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> None:
+        """'x': PAX records for the next entry; a later 'x' header replaces them (as in Go)."""
+        records = self.pax_data(fields[3], offset)
+        if self.pending.start is None:
+            self.pending.start = offset
+        self.pending.pax = records
 
-    def pax_global(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
-        """'g': validated, then ignored; its defaults apply to no entry (A10)."""
-        self.pax_data(size, offset)
+    def pax_global(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> None:
+        """'g': checked, then ignored: its defaults apply to no entry (A10). Go hands it to the
+        engines as an entry of its own (which they skip), so it ends the pending headers."""
+        records = self.pax_data(fields[3], offset)
+        self.apply_pax(None, records, offset, None)
+        if not self.pending.empty():
+            logger.warning(
+                "tar stream: a PAX global header at offset %d ends the extension headers "
+                "from offset %s, which describe no entry; ignored",
+                offset,
+                self.pending.start,
+            )
+            self.pending = _Pending()
         logger.debug("ignoring PAX global header at offset %d", offset)
 
-    def volume_label(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> None:
-        """'V': a GNU volume label, which is no entry."""
-        logger.debug("skipping GNU volume label at offset %d", offset)
-        self.skip_data(size, offset, None)
-
-    def unknown(self, block: bytes, size: int, offset: int, numbers: _Numbers | None) -> NoReturn:
-        """Any other typeflag (GNU multi-volume 'M', vendor types...): an error."""
+    def unknown(self, block: bytes, offset: int, fields: _Fields, fmt: str) -> NoReturn:
+        """Any other typeflag: an error, as the engines' apply code makes it."""
         if self.pending.start is not None:
             offset = self.pending.start
+        typeflag = block[156:157]
         path = self.member_path(block)
-        self.fail(f"unsupported typeflag {block[156:157]!r}", offset, path or None)
+        what = _REFUSED.get(typeflag)
+        reason = f" ({what}, which container engines refuse too)" if what else ""
+        self.fail(f"unsupported typeflag {typeflag!r}{reason}", offset, path or None)
 
     # -- PAX --------------------------------------------------------------------------
 
     def pax_data(self, size: int, offset: int) -> list[tuple[bytes, bytes]]:
         """The records of a PAX 'x' or 'g' header, read from its data."""
-        if size > MAX_PAX:
-            self.fail(f"PAX header of {size} bytes (over {MAX_PAX})", offset)
+        if size > MAX_SPECIAL:
+            self.fail(f"PAX header of {size} bytes (over {MAX_SPECIAL})", offset)
         return self.pax_records(self.read_data(size, offset, "PAX"), offset)
 
     def pax_records(self, data: bytes, offset: int) -> list[tuple[bytes, bytes]]:
-        """Split PAX extended header data into (key, value) records, strictly, in order."""
+        """Split PAX extended header data into (key, value) records, strictly, in order, as
+        Go's parsePAXRecord: "LENGTH key=value\\n", LENGTH counting the whole record. GNU
+        sparse 0.0 offset/numbytes pairs become one GNU.sparse.map record at the end."""
         records: list[tuple[bytes, bytes]] = []
+        sparse_map: list[bytes] = []
         pos = 0
         end = len(data)
         while pos < end:
-            space = data.find(b" ", pos, min(end, pos + 21))
-            length_text = data[pos:space] if space > pos else b""
-            length = _decimal(length_text, end - pos)
-            if length is None or length < space - pos + 4:
+            space = data.find(b" ", pos)
+            length = _go_int(data[pos:space]) if space > pos else None
+            if length is None or length < space - pos + 4 or length > end - pos:
                 self.fail(f"malformed PAX record length at byte {pos} of the PAX header", offset)
             record_end = pos + length
             if data[record_end - 1] != 0x0A:
@@ -657,8 +820,24 @@ class _Scanner:
             equals = data.find(b"=", space + 1, record_end - 1)
             if equals <= space + 1:
                 self.fail(f"malformed PAX record at byte {pos} (no key=value)", offset)
-            records.append((data[space + 1 : equals], data[equals + 1 : record_end - 1]))
+            key, value = data[space + 1 : equals], data[equals + 1 : record_end - 1]
+            if b"\x00" in key:
+                self.fail(f"NUL byte in the key of the PAX record at byte {pos}", offset)
+            if key in _NO_NUL_VALUES and b"\x00" in value:
+                self.fail(f"NUL byte in the PAX {key.decode()} value at byte {pos}", offset)
+            if key in (_GNU_SPARSE_OFFSET, _GNU_SPARSE_NUMBYTES):
+                expected = _GNU_SPARSE_OFFSET if len(sparse_map) % 2 == 0 else _GNU_SPARSE_NUMBYTES
+                if key != expected:
+                    other = expected.decode().rpartition(".")[2]
+                    self.fail(f"{key.decode()} without {other} in the PAX header", offset)
+                if b"," in value:
+                    self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset)
+                sparse_map.append(value)
+            else:
+                records.append((key, value))
             pos = record_end
+        if sparse_map:
+            records.append((_GNU_SPARSE_MAP, b",".join(sparse_map)))
         return records
 
     # -- sparse files -----------------------------------------------------------------
@@ -671,13 +850,16 @@ class _Scanner:
         offset: int,
         path: bytes,
     ) -> tuple[tuple[int, int], ...]:
-        """Validate a sparse map; drop its zero-length segments."""
-        if logical > MAX_SIZE:
+        """Validate a sparse map (Go's validateSparseEntries, and the data it must cover);
+        drop its zero-length segments."""
+        if logical < 0 or logical > MAX_SIZE:
             self.fail(f"absurd sparse file size {logical}", offset, path)
         position = 0
         total = 0
         kept: list[tuple[int, int]] = []
         for start, length in segments:
+            if start < 0 or length < 0:
+                self.fail("negative number in the sparse map", offset, path)
             if start < position:
                 self.fail("sparse map segments overlap or are out of order", offset, path)
             if start + length > logical:
@@ -694,14 +876,14 @@ class _Scanner:
         self, block: bytes, size: int, offset: int, path: bytes
     ) -> tuple[tuple[tuple[int, int], ...], int]:
         """The map of an old GNU 'S' header and its extension blocks, and the real size."""
-        logical = self.header_number(block, "sparse realsize", offset, path)
+        logical = self.header_number(block, "sparse realsize", offset)
         segments: list[tuple[int, int]] = []
         area, count, extended = block[386:482], 4, block[482]
         while True:
             for i in range(count):
                 entry = area[i * 24 : i * 24 + 24]
-                if entry[12] == 0:
-                    break  # an entry whose numbytes field is empty ends the map
+                if entry[0] == 0:
+                    break  # an entry whose offset field is empty ends the map (GNU, BSD, Go)
                 if len(segments) >= MAX_SPARSE_SEGMENTS:
                     self.fail(f"sparse map of over {MAX_SPARSE_SEGMENTS} segments", offset, path)
                 try:
@@ -717,91 +899,55 @@ class _Scanner:
             area, count, extended = ext[:504], 21, ext[504]
         return self.check_map(segments, logical, size, offset, path), logical
 
-    def pax_sparse(
-        self, keys: list[tuple[bytes, bytes]], size: int, offset: int, path: bytes
-    ) -> tuple[tuple[tuple[int, int], ...], int, int]:
-        """The map of a PAX sparse file (0.0, 0.1, 1.0): (map, real size, bytes of 1.0 map)."""
-        fields: dict[bytes, bytes] = {}
-        offsets: list[int] = []
-        lengths: list[int] = []
-        for key, value in keys:
-            if key == b"GNU.sparse.offset" or key == b"GNU.sparse.numbytes":
-                number = _decimal(value, MAX_SIZE)
+    def sparse_size(
+        self, records: dict[bytes, bytes], stored: int, offset: int, path: bytes
+    ) -> int:
+        """The real size of a PAX sparse file: GNU.sparse.size, else GNU.sparse.realsize, else
+        the stored size (Go's order)."""
+        for key in (b"GNU.sparse.size", b"GNU.sparse.realsize"):
+            text = records.get(key)
+            if text:
+                number = _go_int(text)
                 if number is None:
-                    self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, path)
-                if key == b"GNU.sparse.offset":
-                    if len(offsets) != len(lengths):
-                        self.fail("GNU.sparse.offset without numbytes", offset, path)
-                    offsets.append(number)
-                else:
-                    if len(lengths) + 1 != len(offsets):
-                        self.fail("GNU.sparse.numbytes without offset", offset, path)
-                    lengths.append(number)
-            else:
-                fields[key] = value
-        if len(offsets) != len(lengths):
-            self.fail("GNU.sparse.offset without numbytes", offset, path)
+                    self.fail(f"bad PAX {key.decode()} {text[:40]!r}", offset, path)
+                return number
+        return stored
 
-        def number_field(key: bytes) -> int | None:
-            value = fields.get(key)
-            if value is None:
-                return None
-            number = _decimal(value, MAX_SIZE)
-            if number is None:
-                self.fail(f"bad PAX {key.decode()} {value[:40]!r}", offset, path)
-            return number
-
-        major = number_field(b"GNU.sparse.major")
-        minor = number_field(b"GNU.sparse.minor")
-        map_size = 0
-        if major is not None or minor is not None:
-            if (major, minor) != (1, 0):
-                self.fail(f"unsupported GNU sparse format {major}.{minor}", offset, path)
-            logical = number_field(b"GNU.sparse.realsize")
-            segments, map_size = self.sparse_map_1(size, offset, path)
-        else:
-            logical = number_field(b"GNU.sparse.size")
-            if logical is None:
-                logical = number_field(b"GNU.sparse.realsize")
-            text = fields.get(b"GNU.sparse.map")
-            if text is not None:
-                numbers = text.split(b",") if text else []
-                values = [_decimal(n, MAX_SIZE) for n in numbers]
-                if len(values) % 2:
-                    self.fail("GNU.sparse.map has an odd count of numbers", offset, path)
-                checked: list[int] = []
-                for n in values:
-                    if n is None:
-                        self.fail("bad number in GNU.sparse.map", offset, path)
-                    checked.append(n)
-                segments = list(zip(checked[::2], checked[1::2], strict=True))
-            elif offsets:
-                segments = list(zip(offsets, lengths, strict=True))
-            else:
-                # GNU.sparse.* keys that describe no map: not a sparse file after all.
-                self.fail("GNU sparse headers without a sparse map", offset, path)
-            blocks = number_field(b"GNU.sparse.numblocks")
-            if blocks is not None and blocks != len(segments):
-                self.fail(
-                    f"GNU.sparse.numblocks is {blocks} but the map has {len(segments)}",
-                    offset,
-                    path,
-                )
-        if logical is None:
-            self.fail("sparse file without its real size", offset, path)
-        stored = size - map_size
-        return self.check_map(segments, logical, stored, offset, path), logical, map_size
+    def sparse_map_0(
+        self, records: dict[bytes, bytes], offset: int, path: bytes
+    ) -> list[tuple[int, int]]:
+        """The map of PAX sparse formats 0.0 and 0.1 (GNU.sparse.map, GNU.sparse.numblocks)."""
+        blocks = _go_int(records.get(b"GNU.sparse.numblocks", b""))
+        if blocks is None or blocks < 0:
+            self.fail("GNU sparse map without a valid GNU.sparse.numblocks", offset, path)
+        text = records.get(_GNU_SPARSE_MAP, b"")
+        numbers = text.split(b",") if text else []
+        if len(numbers) != 2 * blocks:
+            self.fail(
+                f"GNU.sparse.numblocks is {blocks} but the map has {len(numbers)} numbers",
+                offset,
+                path,
+            )
+        values = [_go_int(n) for n in numbers]
+        checked: list[int] = []
+        for n in values:
+            if n is None:
+                self.fail("bad number in GNU.sparse.map", offset, path)
+            checked.append(n)
+        return list(zip(checked[::2], checked[1::2], strict=True))
 
     def sparse_map_1(
         self, size: int, offset: int, path: bytes
     ) -> tuple[list[tuple[int, int]], int]:
-        """Read the PAX 1.0 sparse map at the start of the member data: (map, its size)."""
+        """Read the PAX 1.0 sparse map at the start of the member data: (map, its size).
+
+        The map is read in whole blocks of the member's data, as Go reads it."""
         reader = self.reader
         data = bytearray()
         lines = 0
         needed: int | None = None
         while needed is None or lines < needed:
-            if len(data) >= min(size, MAX_SPARSE_MAP):
+            if len(data) + TAR_BLOCK > min(size, MAX_SPARSE_MAP):
                 self.fail("sparse map runs past the member data", offset, path)
             block_offset = reader.offset
             block = reader.take(TAR_BLOCK)
@@ -810,60 +956,101 @@ class _Scanner:
             data += block
             lines += block.count(b"\n")
             if needed is None and lines:
-                count = _decimal(bytes(data[: data.index(b"\n")]), size)
-                if count is None:
+                count = _go_int(bytes(data[: data.index(b"\n")]))
+                if count is None or count < 0:
                     self.fail("bad entry count in the sparse map", offset, path)
                 needed = 1 + 2 * count
         numbers: list[int] = []
         for line in bytes(data).split(b"\n", needed)[1:needed]:
-            number = _decimal(line, MAX_SIZE)
+            number = _go_int(line)
             if number is None:
                 self.fail("bad number in the sparse map", offset, path)
             numbers.append(number)
         return list(zip(numbers[::2], numbers[1::2], strict=True)), len(data)
 
 
+def _prefix(block: bytes) -> bytes:
+    """The prefix the header's format puts before its name: ustar's 155 bytes, star's 131; none
+    for V7 and GNU, except the GNU headers old Go writers (before Go 1.8) filled with a ustar
+    prefix, which Go still reads as one where atime/ctime do not parse (golang.org/issue/12594)."""
+    if block[257:262] != b"ustar":  # V7
+        return b""
+    fmt = _format(block)
+    if fmt == USTAR:
+        return block[345:500].split(b"\x00", 1)[0]
+    if fmt == STAR:
+        return block[345:476].split(b"\x00", 1)[0]
+    if fmt == GNU:
+        try:
+            for field in (block[345:357], block[357:369]):
+                if field[0]:
+                    _number(field)
+        except _BadNumber:
+            prefix = block[345:500].split(b"\x00", 1)[0]
+            if not prefix.translate(None, _LOW_BYTES):  # ASCII only, as Go's isASCII
+                return prefix
+    return b""
+
+
+def _pax_sparse_records(records: list[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:
+    """The PAX records as a dict when they make a PAX sparse file, as Go recognises one:
+    versions 0.0/0.1 and 1.0 by GNU.sparse.major/minor, or 0.x by a non-empty map. An
+    unknown version, or sparse keys without a map, leave a plain file (Go reads it so)."""
+    if not any(key.startswith(b"GNU.sparse.") for key, _ in records):
+        return None
+    found = dict(records)
+    major, minor = found.get(b"GNU.sparse.major", b""), found.get(b"GNU.sparse.minor", b"")
+    if (major, minor) in ((b"0", b"0"), (b"0", b"1"), (b"1", b"0")):
+        return found
+    if major or minor:
+        logger.info("GNU sparse format %r.%r is unknown: a plain file, as in Go", major, minor)
+        return None
+    return found if found.get(_GNU_SPARSE_MAP) else None
+
+
 # A handler for every typeflag (the header's byte 156), as CPython's tarfile dispatches them.
-_HANDLERS: dict[bytes, Callable[[_Scanner, bytes, int, int, _Numbers | None], TarEntry | None]]
-_HANDLERS = {
+_Handler = Callable[[_Scanner, bytes, int, _Fields, str], TarEntry | None]
+_HANDLERS: dict[bytes, _Handler] = {
     b"0": _Scanner.regular,
-    b"\x00": _Scanner.regular,  # pre-POSIX regular file
-    b"7": _Scanner.regular,  # contiguous file: a regular file to all but its writer
+    b"\x00": _Scanner.regular,  # pre-POSIX regular file, or directory if the name ends in '/'
     b"1": _Scanner.header_only,  # hard link
     b"2": _Scanner.header_only,  # symbolic link
     b"3": _Scanner.header_only,  # character device
     b"4": _Scanner.header_only,  # block device
     b"5": _Scanner.header_only,  # directory
     b"6": _Scanner.header_only,  # FIFO
-    b"D": _Scanner.dumpdir,
     b"S": _Scanner.old_sparse,
     b"L": _Scanner.long_name,
     b"K": _Scanner.long_link,
     b"x": _Scanner.pax_extended,
     b"g": _Scanner.pax_global,
-    b"V": _Scanner.volume_label,
 }
-# The kind of entry each real entry's typeflag makes ('0', NUL and '7' may still turn out to
-# be pre-POSIX directories).
+# The kind of entry each real entry's typeflag makes (NUL may still turn out a directory).
 _KINDS = {
     b"0": FILE,
     b"\x00": FILE,
-    b"7": FILE,
     b"1": HARDLINK,
     b"2": SYMLINK,
     b"3": CHARDEV,
     b"4": BLOCKDEV,
     b"5": DIR,
     b"6": FIFO,
-    b"D": DIR,
     b"S": FILE,
+}
+# Typeflags Go's reader hands over but containerd, Docker, podman and umoci refuse to apply
+# ("unhandled tar header type"), which other tars read: their error says why.
+_REFUSED = {
+    b"7": "a contiguous file",
+    b"D": "a GNU dumpdir",
+    b"V": "a GNU volume label",
 }
 
 
 def scan_tar(stream: Readable) -> Iterator[TarEntry]:
     """Yield the entries of the tar stream read sequentially from ``stream``.
 
-    Every byte of the stream is read exactly once, in order, up to its end (the end-of-archive
-    marker must be followed by zero bytes only). Raises ``TarFormatError`` for malformed input.
+    Every byte of the stream is read exactly once, in order, up to its end (past the
+    end-of-archive blocks too, for the caller's hash). Raises ``TarFormatError`` for malformed
+    input.
     """
     yield from _Scanner(stream).scan()

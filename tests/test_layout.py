@@ -21,7 +21,8 @@ import pytest
 
 from ocifs import layout as L
 from ocifs.errors import LayoutError
-from ocifs.layout import Platform, resolve, split_image_arg
+from ocifs.imagearg import split_image_arg
+from ocifs.layout import Platform, resolve
 from ocifs.mediatypes import (
     LAYER_TYPES,
     OCI_CONFIG,

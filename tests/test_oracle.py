@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hostfiles import make_dir, set_caps, under, write
 from mounting import mounted
 from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
 from treecompare import Snapshot, diff, snapshot
@@ -47,26 +48,6 @@ Step = Callable[[Path], None]
 T1 = 1_600_000_000_123_456_789
 T2 = 1_650_000_000_987_654_321
 T3 = 1_500_000_000_000_000_001
-
-
-def _b(root: Path, rel: bytes) -> bytes:
-    return os.fsencode(root) + b"/" + rel
-
-
-def _write(path: Path | bytes, data: bytes, mode: int = 0o644) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
-    os.chmod(path, mode)
-
-
-def _mkdir(path: Path | bytes, mode: int = 0o755) -> None:
-    os.makedirs(path, exist_ok=True)
-    os.chmod(path, mode)
-
-
-def _setcap(path: Path, caps: str) -> None:
-    result = subprocess.run(["setcap", caps, str(path)], capture_output=True, text=True)
-    assert result.returncode == 0, f"setcap {caps} {path} failed: {result.stderr}"
 
 
 def tag(name: str, n: int) -> str:
@@ -82,89 +63,89 @@ def _tags(name: str, layers: int) -> list[str]:
 
 def tree_1(r: Path) -> None:
     """Layer 1: every kind of entry (A1-A5, A7, A8), hardlinks inside one layer (H1)."""
-    _mkdir(r / "etc")
-    _write(r / "etc/conf", b"v1\n")
-    _write(r / "etc/other", b"other\n")
-    _write(r / "keep.txt", b"kept from layer 1\n")
-    _write(r / "change.txt", b"old content\n")
-    _write(r / "meta.txt", b"metadata changes later\n")
-    _write(r / "gone.txt", b"deleted in layer 2\n")
+    make_dir(r / "etc")
+    write(r / "etc/conf", b"v1\n")
+    write(r / "etc/other", b"other\n")
+    write(r / "keep.txt", b"kept from layer 1\n")
+    write(r / "change.txt", b"old content\n")
+    write(r / "meta.txt", b"metadata changes later\n")
+    write(r / "gone.txt", b"deleted in layer 2\n")
     os.symlink("keep.txt", r / "gone_link")
     # A directory deleted with its subtree in layer 2, re-created in layer 3.
-    _mkdir(r / "tree/a/b/c")
-    _write(r / "tree/a/b/c/file", b"deep in the deleted tree\n")
-    _write(r / "tree/a/x", b"x\n")
+    make_dir(r / "tree/a/b/c")
+    write(r / "tree/a/b/c/file", b"deep in the deleted tree\n")
+    write(r / "tree/a/x", b"x\n")
     os.symlink("../x", r / "tree/a/b/sym")
     # dir -> file (layer 2) -> dir (layer 3); file -> dir (layer 2); file -> symlink (layer 2).
-    _mkdir(r / "flip/sub")
-    _write(r / "flip/old1", b"old child 1\n")
-    _write(r / "flip/sub/old2", b"old child 2\n")
-    _write(r / "fileflip", b"a file in layer 1\n")
-    _write(r / "tolink", b"a file in layer 1, a symlink in layer 2\n")
+    make_dir(r / "flip/sub")
+    write(r / "flip/old1", b"old child 1\n")
+    write(r / "flip/sub/old2", b"old child 2\n")
+    write(r / "fileflip", b"a file in layer 1\n")
+    write(r / "tolink", b"a file in layer 1, a symlink in layer 2\n")
     # Hardlinks inside one layer.
-    _mkdir(r / "hl")
-    _write(r / "hl/one", b"three names, one inode\n", 0o640)
+    make_dir(r / "hl")
+    write(r / "hl/one", b"three names, one inode\n", 0o640)
     os.chown(r / "hl/one", 1234, 5678)
     os.setxattr(r / "hl/one", "user.hl", b"linked\x00attr")
     os.link(r / "hl/one", r / "hl/two")
     os.link(r / "hl/one", r / "hl/three")
     # Targets of hardlinks added in layer 2.
-    _write(r / "orig", b"linked across layers\n", 0o600)
-    _write(r / "orig2", b"linked across layers, twice\n")
-    _mkdir(r / "empty")
+    write(r / "orig", b"linked across layers\n", 0o600)
+    write(r / "orig2", b"linked across layers, twice\n")
+    make_dir(r / "empty")
     # Deep nesting, with a relative symlink climbing out of it.
     deep = r / "deep"
     for i in range(30):
         deep = deep / f"d{i:02d}"
-    _mkdir(deep)
-    _write(deep / "leaf", b"leaf\n")
+    make_dir(deep)
+    write(deep / "leaf", b"leaf\n")
     os.symlink("../..", r / "deep/d00/d01/up")
     # Odd names.
-    _mkdir(r / "with space")
-    _write(r / "with space/name with spaces.txt", b"spaces\n")
-    _write(_b(r, b"caf\xe9"), b"latin-1 name\n")
-    _mkdir(_b(r, b"dir\xff"))
-    _write(_b(r, b"dir\xff/inner\x80name"), b"non-utf-8 all the way down\n")
-    _write(r / ("long-" + "n" * 200), b"a 205-byte name (needs a PAX or GNU long name)\n")
+    make_dir(r / "with space")
+    write(r / "with space/name with spaces.txt", b"spaces\n")
+    write(under(r, b"caf\xe9"), b"latin-1 name\n")
+    make_dir(under(r, b"dir\xff"))
+    write(under(r, b"dir\xff/inner\x80name"), b"non-utf-8 all the way down\n")
+    write(r / ("long-" + "n" * 200), b"a 205-byte name (needs a PAX or GNU long name)\n")
     # Symlinks.
     os.symlink("/etc/passwd", r / "abs")
     os.symlink("does/not/exist", r / "dangling")
     os.symlink("loop", r / "loop")
-    os.symlink(b"caf\xe9", _b(r, b"to-caf\xe9"))
+    os.symlink(b"caf\xe9", under(r, b"to-caf\xe9"))
     # Special files.
     os.mkfifo(r / "fifo", 0o640)
     os.mknod(r / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.mknod(r / "blk", stat.S_IFBLK | 0o660, os.makedev(7, 0))
     # Modes.
-    _write(r / "suid", b"#!/bin/sh\n", 0o4755)
-    _write(r / "sgid", b"#!/bin/sh\n", 0o2711)
-    _write(r / "all-bits", b"#!/bin/sh\n", 0o7777)
-    _write(r / "no-perms", b"secret\n", 0o000)
-    _mkdir(r / "sgid-dir", 0o2775)
-    _mkdir(r / "sticky", 0o1777)
-    _write(r / "sticky/tmpfile", b"in a sticky dir\n", 0o666)
+    write(r / "suid", b"#!/bin/sh\n", 0o4755)
+    write(r / "sgid", b"#!/bin/sh\n", 0o2711)
+    write(r / "all-bits", b"#!/bin/sh\n", 0o7777)
+    write(r / "no-perms", b"secret\n", 0o000)
+    make_dir(r / "sgid-dir", 0o2775)
+    make_dir(r / "sticky", 0o1777)
+    write(r / "sticky/tmpfile", b"in a sticky dir\n", 0o666)
     # Owners (chown before setcap: chown clears security.capability).
-    _write(r / "owned", b"1234:5678\n")
+    write(r / "owned", b"1234:5678\n")
     os.chown(r / "owned", 1234, 5678)
-    _write(r / "bigowner", b"100000:100000\n")
+    write(r / "bigowner", b"100000:100000\n")
     os.chown(r / "bigowner", 100000, 100000)
-    _write(r / "hugeowner", b"big ids\n")
+    write(r / "hugeowner", b"big ids\n")
     os.chown(r / "hugeowner", 3_000_000, 2_097_152)
     os.symlink("owned", r / "owned-link")
     os.chown(r / "owned-link", 4321, 8765, follow_symlinks=False)
-    _mkdir(r / "owned-dir", 0o750)
+    make_dir(r / "owned-dir", 0o750)
     os.chown(r / "owned-dir", 99, 98)
     # xattrs, binary values, on a file and on a directory; a file capability.
-    _write(r / "x.bin", b"has xattrs\n")
+    write(r / "x.bin", b"has xattrs\n")
     os.setxattr(r / "x.bin", "user.bin", bytes(range(256)))
     os.setxattr(r / "x.bin", "user.text", b"plain")
     os.setxattr(r / "x.bin", "user.empty", b"")
-    _mkdir(r / "xdir")
+    make_dir(r / "xdir")
     os.setxattr(r / "xdir", "user.dirattr", b"\xff\xfe dir")
-    _write(r / "xdir/child", b"child of xdir\n")
-    _mkdir(r / "bin")
-    _write(r / "bin/ping", b"\x7fELF not really\n", 0o755)
-    _setcap(r / "bin/ping", "cap_net_raw+ep")
+    write(r / "xdir/child", b"child of xdir\n")
+    make_dir(r / "bin")
+    write(r / "bin/ping", b"\x7fELF not really\n", 0o755)
+    set_caps(r / "bin/ping", "cap_net_raw+ep")
     # mtimes with nanoseconds: files, a symlink, directories (children first).
     os.utime(r / "keep.txt", ns=(T1, T1))
     os.utime(r / "abs", ns=(T2, T2), follow_symlinks=False)
@@ -175,7 +156,7 @@ def tree_1(r: Path) -> None:
 
 def tree_2(r: Path) -> None:
     """Layer 2: changes (M2), deletions (W1), type changes (M4), cross-layer hardlinks."""
-    _write(r / "change.txt", b"new content, and longer than before\n", 0o600)
+    write(r / "change.txt", b"new content, and longer than before\n", 0o600)
     os.chmod(r / "meta.txt", 0o640)
     os.chown(r / "meta.txt", 42, 43)
     os.setxattr(r / "meta.txt", "user.added", b"in layer 2")
@@ -183,10 +164,10 @@ def tree_2(r: Path) -> None:
     os.unlink(r / "gone_link")
     shutil.rmtree(r / "tree")
     shutil.rmtree(r / "flip")
-    _write(r / "flip", b"flip is a file now\n")
+    write(r / "flip", b"flip is a file now\n")
     os.unlink(r / "fileflip")
-    _mkdir(r / "fileflip")
-    _write(r / "fileflip/child", b"fileflip is a directory now\n")
+    make_dir(r / "fileflip")
+    write(r / "fileflip/child", b"fileflip is a directory now\n")
     os.unlink(r / "tolink")
     os.symlink("keep.txt", r / "tolink")
     # A link added in layer 2 to a file from layer 1 (H1 across layers).
@@ -195,9 +176,9 @@ def tree_2(r: Path) -> None:
     os.link(r / "orig2", r / "etc/orig2-link-b")
     # One name of an in-layer group replaced by a new file (H5).
     os.unlink(r / "hl/two")
-    _write(r / "hl/two", b"replaced in layer 2\n")
+    write(r / "hl/two", b"replaced in layer 2\n")
     # A directory over a directory keeps its lower children (M3); its attributes change.
-    _write(r / "etc/new", b"added in layer 2\n")
+    write(r / "etc/new", b"added in layer 2\n")
     os.chmod(r / "etc", 0o750)
     os.setxattr(r / "etc", "user.layer", b"2")
     os.setxattr(r / "x.bin", "user.bin", b"\x00changed\xff")
@@ -208,15 +189,15 @@ def tree_2(r: Path) -> None:
 def tree_3(r: Path) -> None:
     """Layer 3: a path removed and added again (W5), one hardlink name removed (H5)."""
     os.unlink(r / "flip")
-    _mkdir(r / "flip")
-    _write(r / "flip/new", b"only this, no old children\n")
+    make_dir(r / "flip")
+    write(r / "flip/new", b"only this, no old children\n")
     os.unlink(r / "orig")
     os.unlink(r / "hl/three")
     os.unlink(r / "orig2-link-a")
     os.removexattr(r / "x.bin", "user.bin")
-    _write(r / "gone.txt", b"back in layer 3, new content\n")
-    _mkdir(r / "tree/a")
-    _write(r / "tree/a/fresh", b"tree re-created in layer 3\n")
+    write(r / "gone.txt", b"back in layer 3, new content\n")
+    make_dir(r / "tree/a")
+    write(r / "tree/a/fresh", b"tree re-created in layer 3\n")
     os.removexattr(r / "etc", "user.layer")
 
 
@@ -230,7 +211,7 @@ def tree_4(r: Path) -> None:
     shutil.rmtree(r / "xdir")
     os.symlink("/nonexistent/xdir", r / "xdir")
     shutil.rmtree(r / "deep/d00/d01/d02")
-    _write(r / "deep/d00/d01/d02", b"deep tree cut short\n")
+    write(r / "deep/d00/d01/d02", b"deep tree cut short\n")
 
 
 # --- image "big": a 24 MiB file, changed in the middle in layer 2 -------------------------
@@ -241,9 +222,9 @@ BIG_HALF = 12 << 20
 def big_1(r: Path) -> None:
     """Layer 1: a 24 MiB file, half random bytes, half zeros; hardlinked."""
     data = random.Random(1234).randbytes(BIG_HALF) + bytes(BIG_HALF)
-    _write(r / "big.bin", data)
+    write(r / "big.bin", data)
     os.link(r / "big.bin", r / "big-link")
-    _write(r / "small", b"small\n")
+    write(r / "small", b"small\n")
 
 
 def big_2(r: Path) -> None:
@@ -263,9 +244,9 @@ IMAGES: dict[str, list[Step]] = {
 #
 # ``umoci repack`` never writes opaque markers, hardlink chains or sub-second mtimes (Go's
 # tar writer rounds to whole seconds), so these layers are written with tests/tarbuild.py
-# and appended to tree-2 by umoci (uncompressed tar layers). ``umoci insert --opaque`` would
-# write an opaque marker too, but umoci 0.4.7 leaves its layers truncated (no padding after
-# the last file, no end-of-archive blocks), so it is not used. Every directory is named by
+# and appended to tree-2 by umoci (uncompressed tar layers). The layers ``umoci insert``
+# writes (they end right after the last file's data, T1) are compared in
+# test_tarstream_mount.py. Every directory is named by
 # an entry: an implied parent gets its extraction time as mtime under umoci (M8 is not
 # what this test is about).
 NS = "1600000000.123456789"
@@ -471,7 +452,7 @@ def test_treecompare_detects_changes(reference: Callable[[str], Ref], tmp_path: 
     """Each kind of change made to a copy shows up as its own difference."""
     ref = reference(tag("tree", 2))
     c = _cp_a(ref.rootfs, tmp_path / "copy")
-    _write(c / "keep.txt", b"KEPT FROM LAYER 1\n")  # same size, other content
+    write(c / "keep.txt", b"KEPT FROM LAYER 1\n")  # same size, other content
     os.utime(c / "keep.txt", ns=(T1, T1))
     os.chmod(c / "suid", 0o755)
     os.chown(c / "owned", 1, 2)
@@ -487,8 +468,8 @@ def test_treecompare_detects_changes(reference: Callable[[str], Ref], tmp_path: 
     # Break the hardlink orig <-> orig-link: same content, but two inodes now.
     os.unlink(c / "orig-link")
     shutil.copy2(c / "orig", c / "orig-link")
-    os.unlink(_b(c, b"caf\xe9"))
-    _write(c / "extra", b"")
+    os.unlink(under(c, b"caf\xe9"))
+    write(c / "extra", b"")
     os.utime(c, ns=(T1, T1))
     ours = snapshot(c)
     got = "\n".join(diff(ref.snap, ours, names=("ref", "copy")))

@@ -38,6 +38,7 @@ import hashlib
 import os
 import stat
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 
 _KINDS = {
@@ -151,6 +152,7 @@ def diff(
     right: Snapshot,
     *,
     ignore_root_mtime: bool = False,
+    ignore_root_fields: Collection[str] = (),
     names: tuple[str, str] = ("left", "right"),
 ) -> list[str]:
     """Readable differences between two snapshots, one line each; empty list = same tree.
@@ -158,7 +160,13 @@ def diff(
     ``ignore_root_mtime``: leave out the root directory's mtime. Use it when no layer says
     anything about the root (an image without layers: umoci leaves the bundle's ``rootfs``
     at the epoch, while a filesystem has to make something up).
+    ``ignore_root_fields``: leave out these :class:`Entry` fields of the root directory
+    (``"mode"``, ``"mtime_ns"``...), for a reference whose root is its store's own (a vfs
+    layer directory is 0555) when no layer names the root.
     """
+    root_skip = set(ignore_root_fields) | ({"mtime_ns"} if ignore_root_mtime else set())
+    unknown = root_skip - {fld.name for fld in fields(Entry)}
+    assert not unknown, f"no such Entry fields: {sorted(unknown)}"
     out: list[str] = []
     lname, rname = names
     for path in sorted(left.entries.keys() | right.entries.keys()):
@@ -172,7 +180,7 @@ def diff(
             out.append(f"{shown}: only in {lname} ({a.kind})")
             continue
         for fld in fields(Entry):
-            if fld.name == "mtime_ns" and path == b"." and ignore_root_mtime:
+            if path == b"." and fld.name in root_skip:
                 continue
             va, vb = getattr(a, fld.name), getattr(b, fld.name)
             if va == vb:
