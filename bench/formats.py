@@ -158,14 +158,16 @@ FORMATS: dict[str, Format] = {
         ),
         # skopeo's docker-archive holds the layers as plain tar (<diff_id>.tar, with the
         # classic <id>/layer.tar symlinks, manifest.json and repositories): a verified mount
-        # must at least hash every byte once, hence sha256sum of the whole tarball.
+        # must at least hash every byte once, hence the SHA-256 of the whole tarball, by OpenSSL
+        # as ocifs's hashlib does: coreutils' sha256sum (no SHA-NI) is 4x slower here (9.1 s
+        # against 2.2 s for large-docker's 3.2 GB, warm) and would be no floor.
         Format(
             name="docker-archive",
             suffix="-docker",
             layers="tar layers in a docker-archive tarball",
             archive=True,
-            floor="sha256sum",
-            floor_argv=("sha256sum",),
+            floor="sha256",
+            floor_argv=("openssl", "dgst", "-sha256"),
             first_target="",
             first_check=None,
             random_judged=True,

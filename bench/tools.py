@@ -1,7 +1,7 @@
 """The commands compared (ocifs, ratarmount, umoci), their versions and the machine they ran on.
 
 Also the versions of the commands that made the derived images or are their floors (skopeo,
-zstd).
+zstd, openssl).
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def versions(contenders: Contenders) -> dict[str, str]:
         "gzip": first_line_of(["gzip", "--version"]),
         "zstd": first_line_of(["zstd", "--version"]).strip("* "),
         "skopeo": first_line_of(["skopeo", "--version"]),
+        "openssl": first_line_of(["openssl", "version"]),
         "tar": first_line_of(["tar", "--version"]),
         "python": f"Python {platform.python_version()}",
     }
