@@ -34,7 +34,7 @@ Then, for each image, the same steps for every tool (ocifs, ratarmount, umoci/un
   child's VmHWM just then, the daemon's RSS its VmRSS. Against ``umoci unpack`` (time and
   ``du -sb`` of the bundle; a derived image shares its gzip image's) and the floor:
   ``gzip -dc BLOB >/dev/null`` of each layer, summed (``zstd -dc`` for zstd and zstd:chunked,
-  ``openssl dgst -sha256`` of a docker-archive tarball); ratarmount takes the zstd blobs too,
+  SHA-256 by hashlib of a docker-archive tarball); ratarmount takes the zstd blobs too,
   but not the tarball (its cells say why);
 * later mount: unmount, mount again with the same cache dir / index folder;
 * ``find MNT | wc -l`` on the fresh first mount, then ``lstat`` of every entry (os.scandir

@@ -5,7 +5,7 @@ then, for every big file, a fresh later mount for its sequential reads and anoth
 random reads. For umoci: unpack, then the same walks and reads on the unpacked tree (of the
 gzip image, for an image derived from it: umoci 0.4.7 reads no zstd, and the tree is the same).
 The floor of the first mount: the format's floor command (``gzip -dc``, ``zstd -dc``,
-``openssl dgst -sha256``; see ``formats``) on every blob. Before every cold step the page cache
+SHA-256 by hashlib; see ``formats``) on every blob. Before every cold step the page cache
 of the files it reads is dropped.
 """
 
