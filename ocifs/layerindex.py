@@ -5,9 +5,10 @@ cache stores and loads the same record, and the image's merge and readers use it
 
 The blob is read once, front to back. For a gzip layer, gzseek inflates it strictly (CRC,
 length, truncation, trailing garbage: B3) and records seek points on the way, in a thread of
-its own; the tar scanner reads the uncompressed stream and the diff_id hash takes every byte
-of it in this thread, and the layer digest is hashed from a second file handle in a third.
-zlib and hashlib let go of the GIL, so the three overlap and a layer indexes in about the
+its own (zstdseek does the same for a zstd layer: frame checksums, frame starts); the tar
+scanner reads the uncompressed stream and the diff_id hash takes every byte of it in this
+thread, and the layer digest is hashed from a second file handle in a third. zlib, libzstd
+and hashlib let go of the GIL, so the three overlap and a layer indexes in about the
 time of the slowest. Reading the layer afterwards is ``layerread``'s job.
 """
 
@@ -28,6 +29,8 @@ from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
 from .layout import LayerRef
 from .mediatypes import Compression
 from .tarscan import TarEntry, scan_tar
+from .zstdchunked import check_chunked
+from .zstdseek import ZstdIndexer
 
 logger = logging.getLogger(__name__)
 
@@ -222,10 +225,41 @@ def _index_gzip(
     return LayerIndex(entries, points, points.size, verify)
 
 
+def _index_zstd(
+    layer: LayerRef, blob: BlobStream, verify: bool, advance: OnInput, spacing: int
+) -> LayerIndex:
+    """A zstd layer, in three threads as gzip: this one scans, one decodes (walking the
+    frames, recording their starts), one hashes the blob. A zstd:chunked layer's footer and
+    TOC are then checked against the frames and the entries found (Z3)."""
+    diff_hasher = new_hash(layer.diff_id) if verify else None
+    # Without a known blob digest (a docker-archive's zstd layer) the diff_id checks it all.
+    blob_digest = BlobHash(layer) if verify and layer.digest_known else None
+    indexer = ZstdIndexer(blob, advance)
+    name = f"read-layer-{layer.position}"
+    try:
+        with BackgroundStream(indexer.read, name, [diff_hasher] if diff_hasher else []) as stream:
+            entries = list(scan_tar(stream))
+            stream.drain()
+        found = indexer.finish()
+    except BaseException:
+        if blob_digest is not None:
+            blob_digest.cancel()
+        raise
+    finally:
+        indexer.close()
+    if blob_digest is not None:
+        verify_hash("layer digest", layer.digest, blob_digest.result())
+    if diff_hasher is not None:
+        verify_hash("diff_id", layer.diff_id, diff_hasher)
+    check_chunked(layer, found, entries, blob.handle)
+    return LayerIndex(entries, found.points, found.points.size, verify)
+
+
 # One indexer per compression ocifs serves (mediatypes.SUPPORTED).
 INDEXERS: dict[Compression, Callable[[LayerRef, BlobStream, bool, OnInput, int], LayerIndex]] = {
     Compression.NONE: _index_tar,
     Compression.GZIP: _index_gzip,
+    Compression.ZSTD: _index_zstd,
 }
 
 

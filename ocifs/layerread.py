@@ -6,8 +6,9 @@ blocks kept in the image's BlockCache: a missing block is inflated by a cursor (
 started at the seek point before it, or by the live cursor that stopped just before it, so
 a file read front to back continues where the last read stopped; once a reader is seen to
 be sequential, the prefetcher (``prefetch``) inflates the spans ahead of it in the image's
-InflatePool. A damaged region fails the read that reaches it (``DamagedLayer``, EIO for the
-mount) and nothing else.
+InflatePool. A zstd layer is served the same way, its cursors (zstdseek) starting at frame
+starts. A damaged region fails the read that reaches it (``DamagedLayer``, EIO for the mount)
+and nothing else.
 """
 
 from __future__ import annotations
@@ -15,18 +16,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
 from .errors import CompressionError, LayerError
 from .gzseek import GzipCursor, SeekPoints
 from .layout import LayerRef
 from .mediatypes import Compression
-from .prefetch import InflatePool, Prefetcher
+from .prefetch import Cursor, InflatePool, Prefetcher
+from .zstdseek import ZstdCursor, frame_window
 
 logger = logging.getLogger(__name__)
 
 MAX_CURSORS = 4  # live inflaters per layer: sequential readers of a few files at once
+KEPT_BEHIND = 4 << 20  # zstd: the passed blocks cached, before the one read
+# zstd: live cursors per layer, as many as their windows fit in this (a layer of one long
+# frame is read by the cursor nearest before each offset: more cursors, shorter decodes).
+ZSTD_CURSOR_MEMORY = 32 << 20
+ZSTD_MAX_CURSORS = 16
 
 
 class DamagedLayer(OSError):
@@ -74,8 +82,9 @@ class TarLayerReader:
         self.blob.close()
 
 
-class GzipLayerReader:
-    """A gzip layer, read through its seek points, a few live inflaters and prefetch jobs.
+class SeekableLayerReader:
+    """A compressed layer read through its seek points, a few live cursors and prefetch jobs:
+    gzip (``GzipLayerReader``) and zstd (``ZstdLayerReader``) differ in their cursors only.
 
     The uncompressed stream is served in aligned blocks kept in the shared BlockCache. A block
     that is not cached is inflated by a cursor: the live one that stopped closest before it
@@ -86,6 +95,10 @@ class GzipLayerReader:
     other layers are served meanwhile. A block is claimed through the prefetcher before it is
     inflated, so that a read waits for a block a job or another read is producing.
     """
+
+    # How far behind the block read the blocks a cursor passes are cached (None: all of
+    # them). A zstd frame can be a whole layer: caching all it passes would flush the cache.
+    kept_behind: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -99,9 +112,14 @@ class GzipLayerReader:
         self.cache = cache
         self.blob = layer.blob.open()
         self.lock = threading.Lock()  # the foreground cursors
-        self.cursors: list[GzipCursor] = []  # most recently used last
+        self.cursors: list[Cursor] = []  # most recently used last
+        self.max_cursors = MAX_CURSORS
         # Without a pool, nothing is inflated ahead of the reads.
-        self.prefetcher = Prefetcher(layer, self.blob, points, cache, pool)
+        self.prefetcher = Prefetcher(layer, self.blob, points, cache, pool, self.open_cursor)
+
+    def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
+        """A cursor of this compression at seek point ``index``."""
+        raise NotImplementedError
 
     @classmethod
     def open(
@@ -110,10 +128,10 @@ class GzipLayerReader:
         points: SeekPoints | None,
         cache: BlockCache,
         pool: InflatePool | None,
-    ) -> GzipLayerReader:
-        """Its row in READERS: a gzip layer cannot be read without its seek points."""
+    ) -> SeekableLayerReader:
+        """Its row in READERS: such a layer cannot be read without its seek points."""
         if points is None:
-            raise LayerError(f"{layer.describe()}: gzip layer without seek points")
+            raise LayerError(f"{layer.describe()}: {layer.compression} layer without seek points")
         return cls(layer, points, cache, pool)
 
     @property
@@ -163,9 +181,10 @@ class GzipLayerReader:
             cursor = self._cursor_before(start)
         except (CompressionError, OSError) as error:  # a damaged window, an unreadable blob
             raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
+        keep_from = 0 if self.kept_behind is None else start - self.kept_behind
         try:
             while cursor.position < start:
-                if cursor.position % CACHE_BLOCK:
+                if cursor.position % CACHE_BLOCK or cursor.position < keep_from:
                     next_block = (cursor.position // CACHE_BLOCK + 1) * CACHE_BLOCK
                     cursor.skip(min(start, next_block) - cursor.position)
                 else:
@@ -181,11 +200,11 @@ class GzipLayerReader:
         self.cache.put((self.layer.position, number), data)
         return data
 
-    def _cursor_before(self, offset: int) -> GzipCursor:
+    def _cursor_before(self, offset: int) -> Cursor:
         """The cursor that reaches ``offset`` with the least inflating."""
         point = self.points.find(offset)
         floor = self.points.uncompressed[point]
-        best: GzipCursor | None = None
+        best: Cursor | None = None
         for cursor in self.cursors:
             if cursor.position <= offset and (best is None or cursor.position > best.position):
                 best = cursor
@@ -193,20 +212,20 @@ class GzipLayerReader:
         low = floor if best is None else max(floor, best.position + 1)
         parked = self.prefetcher.take_parked(low, offset)
         if parked is not None:
-            if len(self.cursors) >= MAX_CURSORS:
+            if len(self.cursors) >= self.max_cursors:
                 self.cursors.pop(0).close()
             self.cursors.append(parked)
             best = parked
         if best is None or best.position < floor:
-            best = GzipCursor(self.blob, self.points, point)
-            if len(self.cursors) >= MAX_CURSORS:
+            best = self.open_cursor(self.blob, self.points, point)
+            if len(self.cursors) >= self.max_cursors:
                 self.cursors.pop(0).close()
         else:
             self.cursors.remove(best)
         self.cursors.append(best)
         return best
 
-    def _drop(self, cursor: GzipCursor) -> None:
+    def _drop(self, cursor: Cursor) -> None:
         cursor.close()
         if cursor in self.cursors:
             self.cursors.remove(cursor)
@@ -220,11 +239,43 @@ class GzipLayerReader:
             self.blob.close()
 
 
+class GzipLayerReader(SeekableLayerReader):
+    """A gzip layer: cursors inflate from deflate block boundaries, with their windows."""
+
+    def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
+        return GzipCursor(blob, points, index)
+
+
+class ZstdLayerReader(SeekableLayerReader):
+    """A zstd layer: cursors decode from frame starts (Z2). A layer of one long frame (what
+    ``zstd`` writes) is read forward from its start; the live cursors make sequential reads
+    and reads of neighbouring files continue, and only the blocks just behind a read are
+    cached on the way to it."""
+
+    kept_behind = KEPT_BEHIND
+
+    def __init__(
+        self,
+        layer: LayerRef,
+        points: SeekPoints,
+        cache: BlockCache,
+        pool: InflatePool | None = None,
+    ) -> None:
+        super().__init__(layer, points, cache, pool)
+        window = frame_window(self.blob, points.compressed[0])
+        fit = ZSTD_CURSOR_MEMORY // window if window else 0
+        self.max_cursors = max(MAX_CURSORS, min(ZSTD_MAX_CURSORS, fit))
+
+    def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
+        return ZstdCursor(blob, points, index)
+
+
 # What open_reader calls for a layer stored each way: one row per compression ocifs reads.
 OpenReader = Callable[[LayerRef, SeekPoints | None, BlockCache, InflatePool | None], LayerReader]
 READERS: dict[Compression, OpenReader] = {
     Compression.NONE: TarLayerReader.open,
     Compression.GZIP: GzipLayerReader.open,
+    Compression.ZSTD: ZstdLayerReader.open,
 }
 
 

@@ -96,6 +96,8 @@ class LayerRef:
     # False when nothing names the blob's own digest (a compressed layer of a docker-archive,
     # whose ``digest`` is then its diff_id): indexing checks the diff_id alone.
     digest_known: bool = True
+    # The descriptor's annotations (zstd:chunked's TOC position and checksum live there).
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
 
     def describe(self) -> str:
         """How error messages name the layer: 'layer 2 (sha256:abcd...)'."""
@@ -569,7 +571,16 @@ def _check_layers(
         compression = check_compression(desc.media_type, name)
         blob = _stat_blob(source, desc, name)
         layers.append(
-            LayerRef(i, desc.digest, desc.size, desc.media_type, compression, diff_ids[i], blob)
+            LayerRef(
+                i,
+                desc.digest,
+                desc.size,
+                desc.media_type,
+                compression,
+                diff_ids[i],
+                blob,
+                annotations=desc.annotations,
+            )
         )
     return tuple(layers)
 

@@ -53,10 +53,12 @@ class Compression(enum.StrEnum):
     @property
     def seekable_by_points(self) -> bool:
         """Whether reads need seek points recorded while indexing (else they go by offset)."""
-        return self is Compression.GZIP
+        return self in SEEKABLE_BY_POINTS
 
 
-SUPPORTED = frozenset({Compression.NONE, Compression.GZIP})
+SUPPORTED = frozenset({Compression.NONE, Compression.GZIP, Compression.ZSTD})
+# gzip: deflate block boundaries with their windows; zstd: frame starts (Z2).
+SEEKABLE_BY_POINTS = frozenset({Compression.GZIP, Compression.ZSTD})
 
 # Layer media type -> compression (R7).
 LAYER_TYPES: dict[str, Compression] = {

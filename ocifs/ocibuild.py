@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .mediatypes import (
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     REF_NAME,
 )
@@ -46,6 +48,14 @@ def gzip_file(src: Path, dst: Path, level: int = 6) -> None:
     ):
         while chunk := fin.read(1 << 20):
             fout.write(chunk)
+
+
+def zstd_bytes(data: bytes, *options: str) -> bytes:
+    """What the ``zstd`` tool writes for ``data`` (level 3 unless ``options`` say otherwise):
+    one frame, with a content checksum."""
+    return subprocess.run(
+        ["zstd", "-q", "-c", *options], input=data, capture_output=True, check=True
+    ).stdout
 
 
 def file_sha256(path: Path) -> str:
@@ -84,6 +94,8 @@ class LayoutWriter:
             return self.add_blob(gzip_bytes(tar), OCI_LAYER_GZIP), diff_id
         if compression == "none":
             return self.add_blob(tar, OCI_LAYER_TAR), diff_id
+        if compression == "zstd":
+            return self.add_blob(zstd_bytes(tar), OCI_LAYER_ZSTD), diff_id
         raise ValueError(f"unknown compression {compression!r}")
 
     def add_layer_file(self, tar_path: Path, compression: str = "gzip") -> tuple[Descriptor, str]:

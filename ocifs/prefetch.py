@@ -1,5 +1,8 @@
 """Prefetch: inflate the spans ahead of a sequential reader of a gzip layer in worker threads.
 
+(A zstd layer's reader uses it the same way, with its frame starts as the seek points and
+zstd cursors: ``Prefetcher`` takes the cursor type.)
+
 (ocifs's own inflating ahead; "readahead" is the kernel's, which FUSE asks for separately.)
 A run of reads that follow each other (``Stream``) gets the spans between the later seek
 points of its layer handed to the image's ``InflatePool``, each inflated by a cursor of its
@@ -20,6 +23,8 @@ import logging
 import os
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Protocol
 
 from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
@@ -28,6 +33,22 @@ from .gzseek import GzipCursor, SeekPoints
 from .layout import LayerRef
 
 logger = logging.getLogger(__name__)
+
+
+class Cursor(Protocol):
+    """A decoder of a layer's stream started at a seek point (GzipCursor, ZstdCursor)."""
+
+    position: int
+
+    def read(self, size: int) -> bytes: ...
+
+    def skip(self, count: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# Opens a cursor at a seek point: (the blob, its points, the point's index).
+CursorFactory = Callable[[BlobHandle, SeekPoints, int], Cursor]
 
 # How far ahead of a sequential reader spans are inflated (at most ``cache_share`` of the
 # block cache), and after how many bytes read in a row.
@@ -70,8 +91,10 @@ class Prefetcher:
         points: SeekPoints,
         cache: BlockCache,
         pool: InflatePool | None,
+        open_cursor: CursorFactory = GzipCursor,
     ) -> None:
         self.layer = layer
+        self.open_cursor = open_cursor
         self.blob = blob  # the reader's; it closes it after ``close``
         self.points = points
         self.cache = cache
@@ -82,7 +105,7 @@ class Prefetcher:
         self.jobs: set[InflateJob] = set()  # queued or running
         # Cursors of finished jobs, by position: the next span's job goes on from there
         # instead of inflating the block across the seek point again.
-        self.parked: OrderedDict[int, GzipCursor] = OrderedDict()
+        self.parked: OrderedDict[int, Cursor] = OrderedDict()
         self.jobs_started = 0  # jobs handed to the pool, ever
         self.closed = False
         # Never further ahead than a share of the cache, or the blocks would be evicted
@@ -117,7 +140,7 @@ class Prefetcher:
             event = self.pending.pop(number)
         event.set()
 
-    def take_parked(self, low: int, high: int) -> GzipCursor | None:
+    def take_parked(self, low: int, high: int) -> Cursor | None:
         """The cursor a job parked furthest on in [low, high], now the caller's."""
         with self.state:
             best = None
@@ -246,7 +269,7 @@ class Prefetcher:
                 del self.pending[number]
         event.set()
 
-    def park(self, cursor: GzipCursor) -> bool:
+    def park(self, cursor: Cursor) -> bool:
         """Keep a finished job's cursor for the job or read that goes on from there; False
         if it is of no use (closing, or at the end of the stream)."""
         with self.state:
@@ -356,7 +379,7 @@ class InflateJob:
                 self.seam_before.close()
         try:
             if cursor is None:
-                cursor = GzipCursor(prefetcher.blob, prefetcher.points, self.point)
+                cursor = prefetcher.open_cursor(prefetcher.blob, prefetcher.points, self.point)
                 self._enter(cursor, first * CACHE_BLOCK - self.start)
             if self._inflate(cursor, first) and prefetcher.park(cursor):
                 cursor = None
@@ -379,7 +402,7 @@ class InflateJob:
         with self.prefetcher.state:
             self.prefetcher.finish(self)
 
-    def _enter(self, cursor: GzipCursor, head: int) -> None:
+    def _enter(self, cursor: Cursor, head: int) -> None:
         """Inflate from the seek point to the first whole block: the tail of the job
         before's last block, which goes to the seam while that job can use it."""
         if not head:
@@ -405,7 +428,7 @@ class InflateJob:
             raise CompressionError(f"stream ends before {(number + 1) * CACHE_BLOCK}")
         prefetcher.deliver(self, number, data)
 
-    def _inflate(self, cursor: GzipCursor, first: int) -> bool:
+    def _inflate(self, cursor: Cursor, first: int) -> bool:
         """Deliver the claimed blocks from ``first`` on; True if the cursor got past the
         last one (where the next span's first block starts)."""
         prefetcher, size = self.prefetcher, self.prefetcher.points.size
@@ -425,7 +448,7 @@ class InflateJob:
             prefetcher.deliver(self, number, data)
         return cursor.position == (last + 1) * CACHE_BLOCK
 
-    def _block(self, cursor: GzipCursor, number: int, length: int, last: bool) -> bytes | None:
+    def _block(self, cursor: Cursor, number: int, length: int, last: bool) -> bytes | None:
         """Inflate one block; None if it was the block across the end of the span, and the
         next job will finish it."""
         split = self.end - number * CACHE_BLOCK

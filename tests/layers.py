@@ -26,7 +26,7 @@ from ocifs.layerindex import LayerIndex, index_layer
 from ocifs.layerread import GzipLayerReader, LayerReader, open_reader
 from ocifs.layout import LayerRef, ResolvedImage
 from ocifs.mediatypes import OCI_LAYER_TYPE, Compression
-from ocifs.ocibuild import sha256_digest
+from ocifs.ocibuild import sha256_digest, zstd_bytes
 from ocifs.prefetch import PREFETCH_WORKERS, InflatePool, cache_share
 from ocifs.tarscan import TarEntry
 
@@ -38,13 +38,17 @@ def blob_layer(
     index: int = 0,
     *,
     blob: bytes | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> LayerRef:
     """Layer ``index`` holding ``tar``, its blob written under ``tmp_path/blobs``: ``blob``
     if given (damaged, or compressed some other way), else ``tar`` stored as ``compression``
     says (gzip at level 1, for speed)."""
     stored = Compression(compression)
     if blob is None:
-        blob = gzip.compress(tar, compresslevel=1, mtime=0) if stored is Compression.GZIP else tar
+        if stored is Compression.GZIP:
+            blob = gzip.compress(tar, compresslevel=1, mtime=0)
+        else:
+            blob = zstd_bytes(tar, "-1") if stored is Compression.ZSTD else tar
     digest = sha256_digest(blob)
     path = tmp_path / "blobs" / digest[7:]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,13 +61,24 @@ def blob_layer(
         stored,
         sha256_digest(tar),
         FileBlob(path, len(blob)),
+        annotations=annotations or {},
     )
 
 
 def image_of(layers: list[LayerRef]) -> ResolvedImage:
     """An image of these layers, numbered in order, in the layout their blobs are in."""
     layers = [
-        LayerRef(n, x.digest, x.size, x.media_type, x.compression, x.diff_id, x.blob)
+        LayerRef(
+            n,
+            x.digest,
+            x.size,
+            x.media_type,
+            x.compression,
+            x.diff_id,
+            x.blob,
+            x.digest_known,
+            x.annotations,
+        )
         for n, x in enumerate(layers)
     ]
     return ResolvedImage(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chunkedbuild import chunked_layer
 from mounting import OCIFS, dev_fuse_mode, is_mounted, run_ocifs, unmount
 from tarbuild import Member, d, f, link, make_tar
 
@@ -33,7 +34,7 @@ from ocifs.mediatypes import (
     OCI_MANIFEST,
     REF_NAME,
 )
-from ocifs.ocibuild import gzip_bytes, host_platform, sha256_digest
+from ocifs.ocibuild import gzip_bytes, host_platform, sha256_digest, zstd_bytes
 
 GOOD_TAR = make_tar([d("etc"), f("etc/hostname", b"ocifs\n"), f("hello", b"hi\n")])
 
@@ -233,14 +234,89 @@ def test_r9_diff_id_mismatch(tmp_path: Path) -> None:
     assert "diff" in line.lower()
 
 
-def test_r7_zstd_layer_unsupported(tmp_path: Path) -> None:
-    """R7 B2: a tar+zstd layer is rejected as unsupported, naming the layer."""
-    layout = Layout(tmp_path / "layout")
+def zstd_layer(
+    root: Path, data: bytes, tar: bytes, notes: dict[str, str] | None = None
+) -> tuple[Layout, dict]:
+    """Layer 1 is tar+zstd with the blob ``data``; its descriptor (digest, size) and diff_id
+    fit that blob and ``tar``, so only the zstd stream can be wrong."""
+    layout = Layout(root)
     lower = layout.layer(GOOD_TAR)
-    zstd = layout.layer(make_tar([f("z")]), "none", media_type=OCI_LAYER_ZSTD)
-    layout.image([lower, zstd])
-    line = mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", zstd[0]["digest"])
-    assert "zstd" in line.lower()
+    descriptor = layout.blob(data, OCI_LAYER_ZSTD)
+    if notes:
+        descriptor["annotations"] = notes
+    layout.image([lower, (descriptor, sha256_digest(tar))])
+    return layout, descriptor
+
+
+ZSTD_TAR = make_tar([f(f"file{i}", bytes([65 + i % 26]) * 20_000) for i in range(20)])
+
+
+def test_b3_not_a_zstd_stream(tmp_path: Path) -> None:
+    """R7 B3: a tar+zstd layer whose blob is a plain tar: one line, naming the layer."""
+    layout, top = zstd_layer(tmp_path / "layout", GOOD_TAR, GOOD_TAR)
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], "not a zstd stream")
+
+
+def test_b3_z1_truncated_zstd(tmp_path: Path) -> None:
+    """B3 Z1: a zstd stream cut in half."""
+    compressed = zstd_bytes(ZSTD_TAR)
+    layout, top = zstd_layer(tmp_path / "layout", compressed[: len(compressed) // 2], ZSTD_TAR)
+    mount_fails(
+        tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], "zstd stream is truncated"
+    )
+
+
+def test_b3_z1_bad_zstd_frame_checksum(tmp_path: Path) -> None:
+    """B3 Z1: the content checksum at the end of the frame does not match its data."""
+    compressed = bytearray(zstd_bytes(ZSTD_TAR))
+    compressed[-2] ^= 0xFF
+    layout, top = zstd_layer(tmp_path / "layout", bytes(compressed), ZSTD_TAR)
+    line = mount_fails(
+        tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], "zstd frame 1 is damaged"
+    )
+    assert "checksum" in line
+
+
+def test_b3_z1_garbage_after_the_last_zstd_frame(tmp_path: Path) -> None:
+    """B3 Z1: bytes after the last frame."""
+    compressed = zstd_bytes(ZSTD_TAR)
+    data = compressed + b"this is not a zstd frame\n"
+    layout, top = zstd_layer(tmp_path / "layout", data, ZSTD_TAR)
+    mount_fails(
+        tmp_path,
+        f"{layout.root}:latest",
+        "layer 1",
+        top["digest"],
+        f"garbage after the last zstd frame, at blob offset {len(compressed)}",
+    )
+
+
+def test_b3_z3_zstd_chunked_footer_that_lies(tmp_path: Path) -> None:
+    """B3 Z3: a zstd:chunked footer putting the TOC where no skippable frame is."""
+    chunked = chunked_layer(ZSTD_TAR)
+    _, honest = chunked.assemble()
+    offset = int(honest[chunked.prefix + "manifest-position"].split(":")[0])
+    chunked.footer_override = {0: offset - 100}
+    data, _ = chunked.assemble()
+    layout, top = zstd_layer(tmp_path / "layout", data, ZSTD_TAR)
+    mount_fails(
+        tmp_path,
+        f"{layout.root}:latest",
+        "layer 1",
+        top["digest"],
+        f"zstd:chunked footer or annotation puts the TOC at blob offset {offset - 100}",
+    )
+
+
+def test_b3_z3_zstd_chunked_annotation_that_lies(tmp_path: Path) -> None:
+    """B3 Z3: the manifest's annotation and the blob's footer disagree."""
+    chunked = chunked_layer(ZSTD_TAR)
+    data, notes = chunked.assemble()
+    key = chunked.prefix + "manifest-position"
+    offset, length, size, kind = notes[key].split(":")
+    notes[key] = f"{offset}:{length}:{int(size) + 1}:{kind}"
+    layout, top = zstd_layer(tmp_path / "layout", data, ZSTD_TAR, notes)
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], f"annotation {key} is")
 
 
 # --- compression and tar (B3, B4) ------------------------------------------------------------

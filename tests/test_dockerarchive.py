@@ -26,8 +26,8 @@ from ocifs.image import LoadReport, load_image
 from ocifs.imagearg import resolve_arg, split_image_arg
 from ocifs.indexcache import IndexCache
 from ocifs.layout import Platform, ResolvedImage
-from ocifs.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TAR, Compression
-from ocifs.ocibuild import LayoutWriter, host_platform, sha256_digest
+from ocifs.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Compression
+from ocifs.ocibuild import LayoutWriter, host_platform, sha256_digest, zstd_bytes
 
 BASE = make_tar([d("etc"), f("etc/os-release", b"ID=test\n"), f("etc/gone", b"x")])
 APP = make_tar([wh("etc/gone"), d("app"), f("app/run", b"#!/bin/sh\necho a\n", mode=0o755)])
@@ -432,16 +432,26 @@ def test_r6_layer_count_differs_from_diff_ids(tmp_path: Path) -> None:
     assert "1 layers but the config lists 2 rootfs.diff_ids" in one_line(str(path))
 
 
-def test_r7_zstd_layer_member_is_refused(tmp_path: Path) -> None:
-    """R7: a zstd layer (known from its magic) is refused where ocifs refuses zstd."""
-    zstd = b"\x28\xb5\x2f\xfd" + bytes(60)
+def zstd_member_archive(tmp_path: Path, name: str, member: bytes) -> Path:
     entries = [
         Entry("cfg.json", Image([BASE]).config()),
-        Entry("z.tar", zstd),
+        Entry("z.tar", member),
         Entry("manifest.json", json.dumps([{"Config": "cfg.json", "Layers": ["z.tar"]}]).encode()),
     ]
-    path = write_tar(tmp_path / "z.tar", entries)
-    assert "layer 0 ('z.tar'): zstd layers" in one_line(str(path))
+    return write_tar(tmp_path / name, entries)
+
+
+def test_x1_zstd_layer_member_is_read_and_checked_by_its_diff_id(tmp_path: Path) -> None:
+    """X1 Z1: a zstd layer member (known from its magic) is served as tar+zstd, known by its
+    diff_id, which indexing checks; a damaged one is one line naming the layer."""
+    resolved = resolve_arg(str(zstd_member_archive(tmp_path, "z.tar", zstd_bytes(BASE))))
+    (layer,) = resolved.layers
+    assert layer.compression is Compression.ZSTD and layer.media_type == OCI_LAYER_ZSTD
+    assert layer.digest == layer.diff_id == sha256_digest(BASE) and not layer.digest_known
+    assert files(resolved) == {"etc/os-release": b"ID=test\n", "etc/gone": b"x"}
+    damaged = zstd_member_archive(tmp_path, "bad.tar", b"\x28\xb5\x2f\xfd" + bytes(60))
+    with pytest.raises(LayerError, match=r"layer 0 \(sha256:.*zstd frame 1"):
+        files(resolve_arg(str(damaged)))
 
 
 def test_x3_archive_with_no_image(tmp_path: Path) -> None:
