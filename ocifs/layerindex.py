@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .blobs import BlobStream
+from .blobs import BlobStream, Progress
 from .blockcheck import BlockHasher, BlockSums
 from .errors import LayerError, LayoutError, OcifsError
 from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
@@ -37,9 +37,6 @@ from .zstdseek import ZstdIndexer
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # what the indexing pass reads and inflates at a time
-
-# Called with the number of blob bytes just read.
-Progress = Callable[[int], None]
 
 
 class IndexingCancelled(Exception):
