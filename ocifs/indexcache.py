@@ -35,8 +35,7 @@ from typing import Any
 
 from . import tarscan
 from .archive import SPARSE, ArchiveIdentity, Member, MemberTable
-from .blockcache import CACHE_BLOCK
-from .blockcheck import ALGORITHM, BlockSums
+from .blockcheck import ALGORITHM, CHECK_BLOCK, BlockSums
 from .cachefile import (
     FORMAT_VERSION,
     CacheMiss,
@@ -135,7 +134,8 @@ class IndexCache:
         except (KeyError, TypeError, ValueError) as error:
             raise CacheMiss(f"{path} is damaged: {error}") from error
         # Sums of another kind or block size cannot be checked: as good as none.
-        if blocks is not None and (blocks.algorithm, blocks.block) != (ALGORITHM, CACHE_BLOCK):
+        unit = CHECK_BLOCK[layer.compression]
+        if blocks is not None and (blocks.algorithm, blocks.block) != (ALGORITHM, unit):
             blocks = None
         if verified and blocks is None:
             raise CacheMiss(f"{path} has no block sums that reads could be checked against")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .blobs import BlobStream, Progress
-from .blockcheck import BlockHasher, BlockSums
+from .blockcheck import CHECK_BLOCK, BlockHasher, BlockSums
 from .errors import LayerError, LayoutError, OcifsError
 from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
 from .layout import LayerRef
@@ -184,7 +184,7 @@ def _index_tar(
     diff_hasher = new_hash(layer.diff_id) if verify else None
     same_algorithm = layer.digest.split(":")[0] == layer.diff_id.split(":")[0]
     blob_hasher = new_hash(layer.digest) if verify and not same_algorithm else None
-    block_hasher = BlockHasher() if verify else None
+    block_hasher = BlockHasher(CHECK_BLOCK[layer.compression]) if verify else None
     hashers = [h for h in (diff_hasher, blob_hasher, block_hasher) if h is not None]
 
     def read(size: int) -> bytes:
@@ -211,7 +211,7 @@ def _index_gzip(
     blob_digest = BlobHash(layer) if verify and layer.digest_known else None
     indexer = GzipIndexer(blob, spacing, advance)
     name = f"read-layer-{layer.position}"
-    block_hasher = BlockHasher() if verify else None
+    block_hasher = BlockHasher(CHECK_BLOCK[layer.compression]) if verify else None
     hashers = [h for h in (diff_hasher, block_hasher) if h is not None]
     try:
         with BackgroundStream(indexer.read, name, hashers) as stream:
@@ -242,7 +242,7 @@ def _index_zstd(
     blob_digest = BlobHash(layer) if verify and layer.digest_known else None
     indexer = ZstdIndexer(blob, advance)
     name = f"read-layer-{layer.position}"
-    block_hasher = BlockHasher() if verify else None
+    block_hasher = BlockHasher(CHECK_BLOCK[layer.compression]) if verify else None
     hashers = [h for h in (diff_hasher, block_hasher) if h is not None]
     try:
         with BackgroundStream(indexer.read, name, hashers) as stream:

@@ -12,7 +12,7 @@ and nothing else.
 
 Every block inflated, by a read or a prefetch job, is checked against the sums of the
 verified indexing pass (``blockcheck``) before any of it is served or cached; a tar layer
-with sums is read by whole blocks too, checked, cached and sliced. A block that differs is
+with sums is read by whole (smaller) blocks too, checked and sliced. A block that differs is
 an EIO for the reads that need it, and is never cached (V1). An index built without
 verification has no sums, and its layers are served as they decode.
 """
@@ -61,17 +61,14 @@ class LayerReader(Protocol):
 class TarLayerReader:
     """An uncompressed layer: the blob is the tar stream, read by offset.
 
-    With block sums, a read takes the whole aligned blocks it overlaps from the blob (or
-    the cache), checks each, caches it and serves its slice: a 4 KiB read costs a 256 KiB
-    pread from the page cache and its sum, and the next reads nearby find the block cached.
+    With block sums, a read takes the whole aligned blocks it overlaps (``CHECK_BLOCK``,
+    32 KiB) in one pread, checks each, and serves its slice: a 4 KiB read costs a 32 KiB
+    pread and its sum; the kernel's 128 KiB reads of a sequential reader are whole blocks.
     Without them (an index built with ``--no-verify``), exactly the bytes asked for."""
 
-    def __init__(
-        self, layer: LayerRef, cache: BlockCache | None = None, blocks: BlockSums | None = None
-    ) -> None:
+    def __init__(self, layer: LayerRef, blocks: BlockSums | None = None) -> None:
         self.layer = layer
         self.blob = layer.blob.open()
-        self.cache = cache
         self.blocks = blocks
 
     @classmethod
@@ -83,57 +80,40 @@ class TarLayerReader:
         pool: InflatePool | None,
         blocks: BlockSums | None = None,
     ) -> TarLayerReader:
-        """Its row in READERS: the blob is read as it is, without points or pool."""
-        return cls(layer, cache, blocks)
+        """Its row in READERS: the blob is read as it is, without points, cache or pool."""
+        return cls(layer, blocks)
 
     def pread(self, offset: int, size: int) -> bytes:
-        if self.blocks is not None:
-            return self._checked_pread(self.blocks, offset, size)
-        try:
-            data = self.blob.pread(size, offset)
-        except OSError as error:
-            raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
-        if len(data) != size:
-            raise DamagedLayer(f"{self.layer.describe()}: blob ends before offset {offset + size}")
-        return data
-
-    def _checked_pread(self, blocks: BlockSums, offset: int, size: int) -> bytes:
+        blocks = self.blocks
+        if blocks is None:
+            return self._read(offset, offset + size)
         end = offset + size
         if end > blocks.size:
             raise DamagedLayer(f"{self.layer.describe()}: blob ends before offset {end}")
         if size <= 0:
             return b""
-        first, last = offset // CACHE_BLOCK, (end - 1) // CACHE_BLOCK
-        if first == last:
-            start = first * CACHE_BLOCK
-            return self._block(blocks, first)[offset - start : end - start]
-        pieces = []
-        for number in range(first, last + 1):
-            start = number * CACHE_BLOCK
-            block = memoryview(self._block(blocks, number))
-            pieces.append(block[max(offset, start) - start : end - start])
-        return b"".join(pieces)
-
-    def _block(self, blocks: BlockSums, number: int) -> bytes:
-        key = (self.layer.position, number)
-        cache = self.cache
-        data = cache.get(key) if cache is not None else None
-        if data is not None:
-            return data
-        start = number * CACHE_BLOCK
-        length = blocks.length(number)
+        unit = blocks.block
+        first, last = offset // unit, (end - 1) // unit
+        start = first * unit
+        data = self._read(start, min((last + 1) * unit, blocks.size))  # one pread for all
+        view = memoryview(data)
         try:
-            data = self.blob.pread(length, start)
-        except OSError as error:
-            raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
-        if len(data) != length:
-            raise DamagedLayer(f"{self.layer.describe()}: blob ends before offset {start + length}")
-        try:
-            blocks.check(number, data)
+            for number in range(first, last + 1):
+                at = (number - first) * unit
+                blocks.check(number, view[at : at + blocks.length(number)])
         except BlockMismatch as error:
             raise DamagedLayer(f"{self.layer.describe()}: {error}") from None
-        if cache is not None:
-            cache.put(key, data)
+        if start == offset and len(data) == size:
+            return data
+        return data[offset - start : end - start]
+
+    def _read(self, start: int, stop: int) -> bytes:
+        try:
+            data = self.blob.pread(stop - start, start)
+        except OSError as error:
+            raise DamagedLayer(f"{self.layer.describe()}: {error}") from error
+        if len(data) != stop - start:
+            raise DamagedLayer(f"{self.layer.describe()}: blob ends before offset {stop}")
         return data
 
     def close(self) -> None:
@@ -169,6 +149,8 @@ class SeekableLayerReader:
         self.layer = layer
         self.points = points
         self.cache = cache
+        if blocks is not None and blocks.block != CACHE_BLOCK:
+            raise ValueError(f"block sums of {blocks.block} bytes for blocks of {CACHE_BLOCK}")
         self.blocks = blocks  # None: not verified, nothing to check against
         self.blob = layer.blob.open()
         self.lock = threading.Lock()  # the foreground cursors

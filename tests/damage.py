@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from ocifs.blobs import Blob
-from ocifs.blockcache import CACHE_BLOCK
+from ocifs.blockcheck import CHECK_BLOCK
 from ocifs.errors import CompressionError
 from ocifs.gzseek import GzipCursor, SeekPoints
 from ocifs.mediatypes import Compression
@@ -46,15 +46,17 @@ def restore(path: Path, offset: int, original: bytes) -> None:
 
 def bad_blocks(
     blob: Blob, compression: Compression, points: SeekPoints | None, stream: bytes
-) -> set[int]:
-    """The blocks of ``stream`` (the layer's tar) that the damaged blob no longer gives:
-    read from the blob (tar), or decoded by a new cursor from the block's seek point."""
+) -> set[tuple[int, int]]:
+    """The blocks (the checked unit of the compression, as stream offset ranges) of
+    ``stream`` (the layer's tar) that the damaged blob no longer gives: read from the blob
+    (tar), or decoded by a new cursor from the block's seek point."""
+    unit = CHECK_BLOCK[compression]
     bad = set()
     handle = blob.open()
     try:
-        for number in range(-(-len(stream) // CACHE_BLOCK)):
-            start = number * CACHE_BLOCK
-            want = stream[start : start + CACHE_BLOCK]
+        for number in range(-(-len(stream) // unit)):
+            start = number * unit
+            want = stream[start : start + unit]
             if points is None:
                 got = handle.pread(len(want), start)
             else:
@@ -65,7 +67,7 @@ def bad_blocks(
                 except CompressionError:
                     got = None
             if got != want:
-                bad.add(number)
+                bad.add((start, start + len(want)))
     finally:
         handle.close()
     return bad
@@ -79,15 +81,14 @@ def decoded(cursor: Cursor, start: int, length: int) -> bytes:
         cursor.close()
 
 
-def files_hit(entries: list[TarEntry], bad: set[int]) -> set[bytes]:
-    """The regular files with data in a bad block."""
+def files_hit(entries: list[TarEntry], bad: set[tuple[int, int]]) -> set[bytes]:
+    """The regular (not sparse) files with data in a bad block."""
     hit = set()
     for entry in entries:
         if entry.kind != FILE or not entry.size:
             continue
-        first = entry.data_offset // CACHE_BLOCK
-        last = (entry.data_offset + entry.size - 1) // CACHE_BLOCK
-        if any(number in bad for number in range(first, last + 1)):
+        start, end = entry.data_offset, entry.data_offset + entry.size
+        if any(low < end and start < high for low, high in bad):
             hit.add(entry.path)
     return hit
 

@@ -23,7 +23,7 @@ from tarbuild import f, make_tar
 
 from ocifs.blobs import FileBlob
 from ocifs.blockcache import CACHE_BLOCK, BlockCache
-from ocifs.blockcheck import ALGORITHM, BlockHasher, BlockMismatch, BlockSums
+from ocifs.blockcheck import ALGORITHM, CHECK_BLOCK, BlockHasher, BlockMismatch, BlockSums
 from ocifs.image import load_image
 from ocifs.indexcache import IndexCache
 from ocifs.layerindex import index_layer
@@ -34,6 +34,7 @@ from ocifs.layerread import (
     TarLayerReader,
     open_reader,
 )
+from ocifs.mediatypes import Compression
 from ocifs.ocibuild import zstd_bytes
 from ocifs.prefetch import Cursor, InflatePool, cache_share
 
@@ -41,20 +42,18 @@ COMPRESSIONS = ["none", "gzip", "zstd"]
 SPACING = 256 << 10  # a seek point every block or so: small layers have many spans
 
 
-def test_hasher_sums_each_block_whatever_the_chunks() -> None:
+@pytest.mark.parametrize("unit", sorted(set(CHECK_BLOCK.values())))
+def test_hasher_sums_each_block_whatever_the_chunks(unit: int) -> None:
     data = os.urandom(3 * CACHE_BLOCK + 1000)
-    expected = [
-        xxhash.xxh3_64_intdigest(data[at : at + CACHE_BLOCK])
-        for at in range(0, len(data), CACHE_BLOCK)
-    ]
-    for chunk in (1 << 20, CACHE_BLOCK, CACHE_BLOCK + 1, 1000, 7, len(data)):
-        hasher = BlockHasher()
+    expected = [xxhash.xxh3_64_intdigest(data[at : at + unit]) for at in range(0, len(data), unit)]
+    for chunk in (1 << 20, unit, unit + 1, 1000, 7, len(data)):
+        hasher = BlockHasher(unit)
         for at in range(0, len(data), chunk):
             hasher.update(data[at : at + chunk])
         sums = hasher.finish()
         assert list(sums.sums) == expected, chunk
-        assert (sums.size, sums.algorithm, sums.block) == (len(data), ALGORITHM, CACHE_BLOCK)
-    empty = BlockHasher().finish()
+        assert (sums.size, sums.algorithm, sums.block) == (len(data), ALGORITHM, unit)
+    empty = BlockHasher(unit).finish()
     assert (len(empty.sums), empty.size) == (0, 0)
 
 
@@ -71,17 +70,18 @@ def test_v1_the_verified_pass_sums_every_block_of_the_stream(
     built without verification has none (nothing vouches for the bytes they would hold)."""
     tar, _ = big_tar()
     layer = blob_layer(tmp_path, tar, compression)
+    unit = CHECK_BLOCK[layer.compression]
     blocks = index_layer(layer).blocks
-    assert blocks is not None and blocks.size == len(tar)
-    assert len(blocks.sums) == -(-len(tar) // CACHE_BLOCK)
+    assert blocks is not None and (blocks.size, blocks.block) == (len(tar), unit)
+    assert len(blocks.sums) == -(-len(tar) // unit)
     for number in range(len(blocks.sums)):
-        blocks.check(number, tar[number * CACHE_BLOCK : (number + 1) * CACHE_BLOCK])
-    changed = bytearray(tar[CACHE_BLOCK : 2 * CACHE_BLOCK])
+        blocks.check(number, tar[number * unit : (number + 1) * unit])
+    changed = bytearray(tar[unit : 2 * unit])
     changed[100] ^= 1
-    with pytest.raises(BlockMismatch, match=f"stream offset {CACHE_BLOCK}-{2 * CACHE_BLOCK}"):
+    with pytest.raises(BlockMismatch, match=f"stream offset {unit}-{2 * unit}"):
         blocks.check(1, bytes(changed))
     with pytest.raises(BlockMismatch):
-        blocks.check(1, tar[CACHE_BLOCK : 2 * CACHE_BLOCK - 1])  # short
+        blocks.check(1, tar[unit : 2 * unit - 1])  # short
     assert index_layer(layer, verify=False).blocks is None
 
 
@@ -112,43 +112,58 @@ def test_v1_a_block_that_differs_is_refused_and_not_cached(
 ) -> None:
     tar, _ = big_tar()
     indexed = indexed_layer(blob_layer(tmp_path, tar, compression), spacing=SPACING)
+    unit = CHECK_BLOCK[indexed.layer.compression]
     cache = BlockCache()
+    seekable = compression != "none"  # a tar layer is not cached at all
     with open_layer(with_altered_sum(indexed, 5), cache) as reader:
         for _ in range(2):  # refused again: nothing was cached
-            with pytest.raises(DamagedLayer, match=r"^layer 0 \(sha256:.*stream offset 1310720"):
-                reader.pread(5 * CACHE_BLOCK + 100, 4096)
+            with pytest.raises(DamagedLayer, match=rf"^layer 0 \(sha256:.*offset {5 * unit}-"):
+                reader.pread(5 * unit + 100, 4096)
             assert not cache.contains((0, 5))
         with pytest.raises(DamagedLayer):  # a read across it
-            reader.pread(5 * CACHE_BLOCK - 10, 20)
-        # Its neighbours read right and are cached, checked.
-        assert reader.pread(4 * CACHE_BLOCK, CACHE_BLOCK) == tar[4 * CACHE_BLOCK : 5 * CACHE_BLOCK]
-        assert reader.pread(6 * CACHE_BLOCK, 100) == tar[6 * CACHE_BLOCK : 6 * CACHE_BLOCK + 100]
-        assert cache.contains((0, 4)) and cache.contains((0, 6))
+            reader.pread(5 * unit - 10, 20)
+        # Its neighbours read right and are cached (checked) if the reader caches.
+        assert reader.pread(4 * unit, unit) == tar[4 * unit : 5 * unit]
+        assert reader.pread(6 * unit, 100) == tar[6 * unit : 6 * unit + 100]
+        assert cache.contains((0, 4)) == cache.contains((0, 6)) == seekable
         end = len(tar)
         assert reader.pread(end - 5000, 5000) == tar[-5000:]  # the short last block
 
 
 def test_v1_an_uncompressed_layer_is_read_and_checked_by_whole_blocks(tmp_path: Path) -> None:
-    """A tar layer with sums reads the whole blocks a read overlaps, checks and caches
-    them; a byte changed in the blob fails the reads of its block alone."""
+    """A tar layer with sums reads the whole blocks a read overlaps in one pread and checks
+    each; a byte changed in the blob fails the reads of its block alone."""
     tar, _ = big_tar()
     layer = blob_layer(tmp_path, tar, "none")
+    unit = CHECK_BLOCK[layer.compression]
     indexed = indexed_layer(layer)
-    cache = BlockCache()
     assert isinstance(layer.blob, FileBlob)
-    damage(layer.blob.path, 7 * CACHE_BLOCK + 12345, 1, seed=1)
-    with open_layer(indexed, cache) as reader:
+    damaged_at = 7 * CACHE_BLOCK + 12345
+    bad = damaged_at // unit
+    damage(layer.blob.path, damaged_at, 1, seed=1)
+    with open_layer(indexed) as reader:
         assert isinstance(reader, TarLayerReader)
-        assert reader.pread(6 * CACHE_BLOCK + 10, 4096) == tar[6 * CACHE_BLOCK + 10 :][:4096]
-        assert cache.contains((0, 6))
-        with pytest.raises(DamagedLayer, match="stream offset 1835008-2097152 differs"):
-            reader.pread(7 * CACHE_BLOCK + 200_000, 10)
-        assert not cache.contains((0, 7))
-        assert reader.pread(8 * CACHE_BLOCK, 10) == tar[8 * CACHE_BLOCK : 8 * CACHE_BLOCK + 10]
+        preads: list[tuple[int, int]] = []
+        pread = reader.blob.pread
+
+        def counted(size: int, offset: int) -> bytes:
+            preads.append((offset, size))
+            return pread(size, offset)
+
+        reader.blob.pread = counted  # type: ignore[method-assign]
+        assert reader.pread(6 * unit + 10, 4096) == tar[6 * unit + 10 :][:4096]
+        assert reader.pread(9 * unit - 10, 4096) == tar[9 * unit - 10 :][:4096]
+        assert preads == [(6 * unit, unit), (8 * unit, 2 * unit)]
+        with pytest.raises(DamagedLayer, match=f"stream offset {bad * unit}-{(bad + 1) * unit}"):
+            reader.pread(bad * unit + 5, 10)
+        with pytest.raises(DamagedLayer):
+            reader.pread((bad - 1) * unit, 2 * unit)
+        assert reader.pread((bad + 1) * unit, 10) == tar[(bad + 1) * unit :][:10]
+        assert reader.pread((bad - 1) * unit, unit) == tar[(bad - 1) * unit : bad * unit]
     # Without sums (an index built with --no-verify) the damaged byte is served as it is.
     unverified = indexed_layer(layer, verify=False)
     with open_layer(unverified) as reader:
-        assert reader.pread(7 * CACHE_BLOCK + 12345, 1) != tar[7 * CACHE_BLOCK + 12345 :][:1]
+        assert reader.pread(damaged_at, 1) != tar[damaged_at : damaged_at + 1]
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
@@ -225,7 +240,8 @@ def test_v1_the_blocks_refused_are_those_wrong_from_their_own_seek_point(
     assert points is not None and isinstance(layer.blob, FileBlob)
     span = 3
     damage(layer.blob.path, points.compressed[span + 1] - 40, 30, seed=2)  # the span's end
-    bad = bad_blocks(layer.blob, layer.compression, points, tar)
+    spoiled = bad_blocks(layer.blob, layer.compression, points, tar)
+    bad = {start // CACHE_BLOCK for start, _ in spoiled}
     assert bad
     numbers = list(range(-(-len(tar) // CACHE_BLOCK)))
     if how == "back to front":
@@ -295,15 +311,19 @@ def test_v1_a_live_cursor_that_gives_wrong_bytes_is_replaced_by_one_from_the_see
 def test_v1_files_hit_are_those_with_data_in_a_bad_block(tmp_path: Path) -> None:
     """The test oracle itself, on an uncompressed layer: a damaged block names the files
     whose data lies in it, and no others."""
-    tar = make_tar([f("a", b"a" * CACHE_BLOCK), f("b", b"b" * 10), f("c", b"c" * CACHE_BLOCK)])
+    unit = CHECK_BLOCK[Compression.NONE]
+    tar = make_tar([f("a", b"a" * unit), f("b", b"b" * 10), f("c", b"c" * unit)])
     layer = blob_layer(tmp_path, tar, "none")
     entries = index_layer(layer).entries
     assert entries is not None and isinstance(layer.blob, FileBlob)
     b = next(e for e in entries if e.path == b"b")
     damage(layer.blob.path, b.data_offset + 5, 1, seed=4)
     bad = bad_blocks(layer.blob, layer.compression, None, tar)
-    assert bad == {b.data_offset // CACHE_BLOCK}
-    assert b"b" in files_hit(entries, bad)
+    start = b.data_offset // unit * unit
+    assert bad == {(start, start + unit)}
+    # a's data ends 512 bytes into b's block (its header came first), and c's begins in it.
+    assert files_hit(entries, bad) == {b"a", b"b", b"c"}
+    assert files_hit(entries, {(0, 512)}) == set()  # a's header alone: no file's data
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)

@@ -27,7 +27,7 @@ from mounting import is_mounted, mounted
 from tarbuild import d, f, make_tar
 
 from ocifs.blobs import FileBlob
-from ocifs.blockcache import CACHE_BLOCK
+from ocifs.blockcheck import CHECK_BLOCK
 from ocifs.layerindex import LayerIndex, index_layer
 from ocifs.layout import LayerRef, resolve
 from ocifs.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_TYPE, OCI_LAYER_ZSTD, Compression
@@ -115,7 +115,7 @@ def read_all(mnt: Path, contents: dict[str, bytes]) -> set[str]:
 
 def check_damage(
     image: Image, tmp_path: Path, name: str, offset: int, count: int, check_only: bool
-) -> None:
+) -> set[tuple[int, int]]:
     """Damage ``count`` bytes at blob offset ``offset`` of layer ``name`` under a live mount,
     read every file of the image, and hold the outcome to the oracle. ``check_only``: the
     damage is such that only the block sums can see it (no checksum in the stream)."""
@@ -143,6 +143,7 @@ def check_damage(
         assert re.search(r"(stream|blob) offset \d+", line), line
         if check_only:
             assert "differs from what the verified indexing pass read" in line, line
+    return bad
 
 
 def unseen(layer: Layer, offsets: range, count: int) -> int:
@@ -181,8 +182,10 @@ def test_v1_damaged_uncompressed_layer(image: Image, tmp_path: Path, count: int,
     layer = image.layers["tar"]
     offset = int(len(layer.tar) * at)
     if count > 1:
-        offset = offset // CACHE_BLOCK * CACHE_BLOCK - count // 2
-    check_damage(image, tmp_path, "tar", offset, count, check_only=True)
+        unit = CHECK_BLOCK[Compression.NONE]
+        offset = offset // unit * unit - count // 2
+    bad = check_damage(image, tmp_path, "tar", offset, count, check_only=True)
+    assert len(bad) == (2 if count > 1 else 1)
 
 
 @pytest.mark.parametrize("count", [1, 64])
