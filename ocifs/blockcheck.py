@@ -40,7 +40,7 @@ ALGORITHM = "xxh3_64"  # recorded in the index: sums of another kind are not com
 PIECE = 64 << 10
 
 
-def block_sum(data: bytes | memoryview) -> int:
+def block_sum(data: bytes | bytearray | memoryview) -> int:
     """xxh3_64 of ``data``, holding the GIL (the same value as ``xxh3_64_intdigest``)."""
     if len(data) <= PIECE:
         return xxhash.xxh3_64_intdigest(data)
