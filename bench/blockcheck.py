@@ -4,8 +4,8 @@
 
 (The README's "Block checks" quotes a run of it.) Every block a read inflates (or, for an
 uncompressed layer, reads from the blob) is summed and compared with the sum the indexing
-pass took (``ocifs.blockcheck``); this chooses the sum. The candidates: zlib's CRC32 and
-Adler-32, hashlib's MD5, SHA-1, SHA-256 and BLAKE2b, the xxHash family (PyPI ``xxhash``:
+pass took (``ocifs.blockcheck``); this chooses the sum. The candidates: ocifs's own
+``block_sum`` (xxh3_64 fed in 64 KiB pieces, holding the GIL), zlib's CRC32 and Adler-32, hashlib's MD5, SHA-1, SHA-256 and BLAKE2b, the xxHash family (PyPI ``xxhash``:
 xxh3_64, what ocifs uses, xxh3_128, xxh64, xxh32) and CRC32C (PyPI ``crc32c`` and
 ``google-crc32c``; ``pip install -e '.[block-sums]'``; one not installed is reported as such).
 
@@ -51,7 +51,7 @@ import xxhash
 from ocifs import layerindex
 from ocifs.blobs import FileBlob
 from ocifs.blockcache import CACHE_BLOCK
-from ocifs.blockcheck import ALGORITHM, CHECK_BLOCK, BlockHasher, BlockSums
+from ocifs.blockcheck import ALGORITHM, CHECK_BLOCK, BlockHasher, BlockSums, block_sum
 from ocifs.gzseek import GzipCursor, SeekPoints
 from ocifs.layout import LayerRef
 from ocifs.mediatypes import OCI_LAYER_TYPE, Compression
@@ -71,6 +71,7 @@ Sum = Callable[[bytes], object]
 def candidates() -> tuple[list[tuple[str, Sum]], list[str]]:
     """The sums that can be had here, by name, and the names of those that cannot."""
     found: list[tuple[str, Sum]] = [
+        ("ocifs: xxh3_64, 64 KiB pieces", block_sum),
         (f"xxh3_64 (xxhash {xxhash.VERSION})", xxhash.xxh3_64_intdigest),
         (f"xxh3_128 (xxhash {xxhash.VERSION})", xxhash.xxh3_128_intdigest),
         (f"xxh64 (xxhash {xxhash.VERSION})", xxhash.xxh64_intdigest),
