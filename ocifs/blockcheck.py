@@ -1,19 +1,19 @@
 """Checksums of a layer's stream, block by block: taken in the verified indexing pass,
 checked on every block a read or a prefetch job inflates (or, for a tar layer, reads).
 
-The unit is an aligned block of the layer's tar stream, of the size ``CHECK_BLOCK`` gives
-for its compression. For gzip and zstd it is the block cache's ``CACHE_BLOCK``: the readers
-inflate, check and cache exactly such blocks, so a block is checked once, when it is made,
-and every read of the cache after that serves bytes already checked. An uncompressed layer's
-stream is its blob, read by offset without a cache: its unit is smaller, so that a 4 KiB
-read reads and checks 32 KiB rather than 256 (measured: README "Block checks"). The digests of the
-indexing pass cover the whole stream, but a read from a seek point never reaches a gzip
-member's CRC or a zstd frame's checksum (and a frame may have none); these sums let every
-block be held to the bytes that pass verified (V1).
+The digests of the indexing pass cover the whole stream, but a read from a seek point never
+reaches a gzip member's CRC or a zstd frame's checksum (and a frame may have none); these
+sums hold every block to the bytes that pass verified (V1). The unit is an aligned block of
+the layer's tar stream, of the size ``CHECK_BLOCK`` gives for its compression. For gzip and
+zstd it is the block cache's ``CACHE_BLOCK``: the readers inflate, check and cache exactly
+such blocks, so a block is checked once, when it is made, and every read of the cache after
+that serves bytes already checked. An uncompressed layer's stream is its blob, read by
+offset without a cache: its unit is smaller, so that a 4 KiB read reads and checks 32 KiB
+rather than 256 (README "Block checks" has the measurements).
 
-The sum is xxh3_64 (PyPI ``xxhash``): on 256 KiB blocks it runs at tens of GB/s, about ten
-times zlib's CRC32 here, so checking a block costs a few microseconds against the
-milliseconds of inflating it (``python -m bench.blockcheck``; README "Block checks").
+The sum is xxh3_64 (PyPI ``xxhash``): on 256 KiB blocks it runs at tens of GB/s, 10 to 15
+times zlib's CRC32 here, so checking a block costs a few microseconds against the hundreds
+of inflating it (``python -m bench.blockcheck``).
 It guards against damage and changed blobs, not against someone forging a blob (the
 digests do that, when the layer is indexed).
 """

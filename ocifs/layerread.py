@@ -63,13 +63,16 @@ class TarLayerReader:
 
     With block sums, a read takes the whole aligned blocks it overlaps (``CHECK_BLOCK``,
     32 KiB) in one pread, checks each, and serves its slice: a 4 KiB read costs a 32 KiB
-    pread and its sum; the kernel's 128 KiB reads of a sequential reader are whole blocks.
-    Without them (an index built with ``--no-verify``), exactly the bytes asked for."""
+    pread and its sum. The last block a read checked is kept: a sequential reader's next
+    read begins in it, and reads only the blocks after it. Without sums (an index built
+    with ``--no-verify``), exactly the bytes asked for are read."""
 
     def __init__(self, layer: LayerRef, blocks: BlockSums | None = None) -> None:
         self.layer = layer
         self.blob = layer.blob.open()
         self.blocks = blocks
+        # The last block a read checked, (number, its bytes): a view into that read's data.
+        self.kept: tuple[int, memoryview] | None = None
 
     @classmethod
     def open(
@@ -95,14 +98,22 @@ class TarLayerReader:
         unit = blocks.block
         first, last = offset // unit, (end - 1) // unit
         start = first * unit
-        data = self._read(start, min((last + 1) * unit, blocks.size))  # one pread for all
+        kept = self.kept  # one read: another thread may replace it meanwhile
+        head = kept[1] if kept is not None and kept[0] == first else memoryview(b"")
+        if head and first == last:
+            return bytes(head[offset - start : end - start])
+        base = start + len(head)  # where the bytes to read begin: all of them, one pread
+        data = self._read(base, min((last + 1) * unit, blocks.size))
         view = memoryview(data)
         try:
-            for number in range(first, last + 1):
-                at = (number - first) * unit
+            for number in range(base // unit, last + 1):
+                at = number * unit - base
                 blocks.check(number, view[at : at + blocks.length(number)])
         except BlockMismatch as error:
             raise DamagedLayer(f"{self.layer.describe()}: {error}") from None
+        self.kept = (last, view[last * unit - base :])
+        if head:
+            return b"".join((head[offset - start :], view[: end - base]))
         if start == offset and len(data) == size:
             return data
         return data[offset - start : end - start]
