@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
-from ocifs.errors import TarFormatError
+from ocifs.errors import TarFormatError, show
 
 logger = logging.getLogger(__name__)
 
@@ -138,14 +138,6 @@ _GNU_SPARSE_OFFSET = b"GNU.sparse.offset"
 _GNU_SPARSE_NUMBYTES = b"GNU.sparse.numbytes"
 # PAX keys whose value may hold no NUL (Go's validPAXRecord; other values are binary).
 _NO_NUL_VALUES = frozenset((b"path", b"linkpath", b"uname", b"gname"))
-
-
-def _show(path: bytes) -> str:
-    """A path for an error message: one line, quoted, shortened when very long."""
-    text = path.decode("utf-8", "backslashreplace")
-    if len(text) > 200:
-        text = text[:100] + "..." + text[-97:]
-    return repr(text)
 
 
 def _pad(size: int) -> int:
@@ -412,9 +404,9 @@ class _Scanner:
 
     def fail(self, problem: str, offset: int, path: bytes | None = None) -> NoReturn:
         if path is not None:
-            where = f" (entry {_show(path)})"
+            where = f" (entry {show(path)})"
         elif self.last_path is not None:
-            where = f" (after entry {_show(self.last_path)})"
+            where = f" (after entry {show(self.last_path)})"
         else:
             where = ""
         raise TarFormatError(f"{problem} at offset {offset}{where}")
@@ -1003,7 +995,9 @@ def _pax_sparse_records(records: list[tuple[bytes, bytes]]) -> dict[bytes, bytes
     if (major, minor) in ((b"0", b"0"), (b"0", b"1"), (b"1", b"0")):
         return found
     if major or minor:
-        logger.info("GNU sparse format %r.%r is unknown: a plain file, as in Go", major, minor)
+        logger.info(
+            "GNU sparse format %s.%s is unknown: a plain file, as in Go", show(major), show(minor)
+        )
         return None
     return found if found.get(_GNU_SPARSE_MAP) else None
 
