@@ -32,6 +32,10 @@ from ocifs.tarscan import TarEntry, scan_tar
 from ocifs.tree import TreeBuilder
 
 
+# A v2 vfs_cap_data (20 bytes: the kernel takes no other size, T6): cap_net_raw, effective.
+PING_CAPABILITY = "\x01\x00\x00\x02\x00\x20" + "\x00" * 14
+
+
 def awkward_members() -> list[Member]:
     return [
         d("etc"),
@@ -42,7 +46,7 @@ def awkward_members() -> list[Member]:
         Member("dev/null", "char", devmajor=1, devminor=3, mode=0o666),
         Member("dev/sda", "block", devmajor=8, devminor=0),
         Member("run/fifo", "fifo"),
-        f("bin/ping", b"\x7fELF", pax={"SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}),
+        f("bin/ping", b"\x7fELF", pax={"SCHILY.xattr.security.capability": PING_CAPABILITY}),
         f("x" * 150 + "/long-name-" + "y" * 120, b"long"),
         f("usr/lib/setuid", b"#!", mode=0o4755, uid=65534, gid=65534),
         f("times/ns", b"", pax={"mtime": "1700000000.123456789"}),
