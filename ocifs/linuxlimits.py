@@ -94,7 +94,10 @@ def path_problem(raw: bytes, what: str) -> str | None:
     length = clean_path_length(raw)
     if length < PATH_MAX:
         return None
-    return f"{what} is {length} bytes long, over PATH_MAX ({PATH_MAX} bytes with its NUL)"
+    return (
+        f"{what} is {length} bytes long (clean, from /),"
+        f" over PATH_MAX ({PATH_MAX} bytes with its NUL)"
+    )
 
 
 def symlink_target_problem(target: bytes) -> str | None:
@@ -121,42 +124,52 @@ def _leave_out(reason: str) -> tuple[str, bool]:
 
 
 def acl_problem(value: bytes, file_type: int, default: bool) -> tuple[str, bool] | None:
-    """What setxattr makes of an ACL value on a file of ``file_type`` (0: not known here),
-    as posix_acl_from_xattr, posix_acl_valid and set_posix_acl check it; None if it is set."""
-    if not value:
-        return None  # no ACL: setting it removes one
-    if len(value) < ACL_HEADER.size:
-        return _refuse(f"an ACL of {len(value)} bytes, shorter than its header (EINVAL)")
-    (version,) = ACL_HEADER.unpack_from(value)
-    if version != ACL_VERSION:
-        return _leave_out(f"an ACL of version {version}, not {ACL_VERSION} (EOPNOTSUPP)")
-    if (len(value) - ACL_HEADER.size) % ACL_ENTRY.size:
-        return _refuse(f"an ACL of {len(value)} bytes: no whole number of entries (EINVAL)")
-    entries = list(ACL_ENTRY.iter_unpack(value[ACL_HEADER.size :]))
-    problem = _acl_entries_problem(entries)
-    if problem is not None:
-        return _refuse(f"an ACL the kernel refuses: {problem} (EINVAL)")
+    """What setxattr makes of an ACL value on a file of ``file_type`` (0: not known here):
+    posix_acl_from_xattr reads it, vfs_set_acl refuses symlinks, posix_acl_valid checks the
+    entries, set_posix_acl keeps default ACLs for directories; None if it is set."""
+    entries: list[tuple[int, int, int]] = []
+    if value:  # an empty value is no ACL: setting it removes one
+        if len(value) < ACL_HEADER.size:
+            return _refuse(f"an ACL of {len(value)} bytes, shorter than its header (EINVAL)")
+        (version,) = ACL_HEADER.unpack_from(value)
+        if version != ACL_VERSION:
+            return _leave_out(f"an ACL of version {version}, not {ACL_VERSION} (EOPNOTSUPP)")
+        if (len(value) - ACL_HEADER.size) % ACL_ENTRY.size:
+            return _refuse(f"an ACL of {len(value)} bytes: no whole number of entries (EINVAL)")
+        entries = list(ACL_ENTRY.iter_unpack(value[ACL_HEADER.size :]))
+        problem = _acl_entry_problem(entries)
+        if problem is not None:
+            return _refuse(f"an ACL the kernel cannot read: {problem} (EINVAL)")
     if file_type == stat.S_IFLNK:
         return _leave_out("an ACL on a symlink (EOPNOTSUPP)")
-    if default and entries and file_type not in (0, stat.S_IFDIR):
+    if not entries:
+        return None  # a header alone is no ACL either
+    problem = _acl_order_problem(entries)
+    if problem is not None:
+        return _refuse(f"an ACL the kernel refuses: {problem} (EINVAL)")
+    if default and file_type not in (0, stat.S_IFDIR):
         return _refuse("a default ACL on what is not a directory (EACCES)")
     return None
 
 
-def _acl_entries_problem(entries: list[tuple[int, int, int]]) -> str | None:
-    """posix_acl_from_xattr's and posix_acl_valid's checks: known tags with mappable ids, in
-    the order user::, user:ID, group::, group:ID, mask:: (needed with named entries), other::."""
-    # state: the tags that may come next, as posix_acl_valid walks them
-    state = ACL_USER_OBJ
-    needs_mask = False
-    for number, (tag, perm, ident) in enumerate(entries):
-        where = f"entry {number}"
+def _acl_entry_problem(entries: list[tuple[int, int, int]]) -> str | None:
+    """posix_acl_from_xattr's checks: known tags, and ids the kernel can map."""
+    for number, (tag, _perm, ident) in enumerate(entries):
         if tag not in (ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER):
-            return f"{where} has the unknown tag {tag:#x}"
+            return f"entry {number} has the unknown tag {tag:#x}"
         if tag in (ACL_USER, ACL_GROUP) and ident == NO_ID:
-            return f"{where} names id {NO_ID}"
+            return f"entry {number} names id {NO_ID}"
+    return None
+
+
+def _acl_order_problem(entries: list[tuple[int, int, int]]) -> str | None:
+    """posix_acl_valid's checks: permissions rwx at most, and the entries in the order
+    user::, user:ID..., group::, group:ID..., mask:: (needed with named entries), other::."""
+    state = ACL_USER_OBJ  # what posix_acl_valid expects next
+    needs_mask = False
+    for number, (tag, perm, _ident) in enumerate(entries):
         if perm & ~ACL_PERMS:
-            return f"{where} has the permissions {perm:#o}"
+            return f"entry {number} has the permissions {perm:#o}"
         if tag == ACL_USER_OBJ and state == ACL_USER_OBJ:
             state = ACL_USER
         elif tag == ACL_USER and state == ACL_USER:
@@ -170,7 +183,7 @@ def _acl_entries_problem(entries: list[tuple[int, int, int]]) -> str | None:
         elif tag == ACL_OTHER and (state == ACL_OTHER or (state == ACL_GROUP and not needs_mask)):
             state = 0
         else:
-            return f"{where} (tag {tag:#x}) is out of order, repeated or lacks a mask"
+            return f"entry {number} (tag {tag:#x}) is out of order, repeated or lacks a mask"
     if state != 0:
         return "it lacks user::, group:: or other::"
     return None
@@ -205,7 +218,7 @@ def xattr_problems(xattrs: dict[bytes, bytes], file_type: int) -> Iterator[Xattr
     """Each xattr of an entry of ``file_type`` (a ``stat.S_IF*`` type; 0 for a hardlink,
     whose target this does not know) that setxattr(2) would not set, and whether the engines
     fail the layer on it or leave it out (ENOTSUP)."""
-    for name, value in xattrs.items():
+    for name, value in list(xattrs.items()):  # the caller may drop what is yielded
         problem = _xattr_problem(name, value, file_type)
         if problem is not None:
             yield XattrProblem(name, *problem)

@@ -31,7 +31,6 @@ from ocifs.ocibuild import sha256_digest
 from ocifs.tarscan import TarEntry, scan_tar
 from ocifs.tree import TreeBuilder
 
-
 # A v2 vfs_cap_data (20 bytes: the kernel takes no other size, T6): cap_net_raw, effective.
 PING_CAPABILITY = "\x01\x00\x00\x02\x00\x20" + "\x00" * 14
 
