@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from impostors import KINDS, no_hang, put_in_place
 
 from ocifs import daemon
 from ocifs.errors import OcifsError
@@ -122,6 +123,46 @@ def test_log_file_option_and_foreground(tmp_path: Path, private_log_dir: Path) -
     with pytest.raises(OcifsError, match=r"cannot open log file .*: No such file or directory"):
         daemon.open_log(tmp_path / "missing/dir/x.log", "/mnt/img", foreground=False)
     assert not private_log_dir.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_impostor_in_the_default_logs_place_is_passed_over(
+    kind: str, private_log_dir: Path, private_index_cache: Path
+) -> None:
+    """A FIFO where the default log goes made the open wait forever for a reader; it, a
+    symlink, a directory and another user's file are passed over for the cache dir's log."""
+    if kind == "other-uid" and os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    private_log_dir.mkdir(parents=True)
+    put_in_place(private_log_dir / "mnt-img.log", kind)
+    with no_hang("open_log"):
+        opened = daemon.open_log(None, "/mnt/img", foreground=False)
+    assert opened is not None
+    os.close(opened.fd)
+    assert opened.path == private_index_cache / "mnt-img.log"
+    assert opened.path.is_file() and not opened.path.is_symlink()
+
+
+def test_a_log_file_option_naming_a_fifo_or_a_device(tmp_path: Path) -> None:
+    """--log-file may name what the user wants, /dev/null or a FIFO someone reads, but a FIFO
+    no one reads is one line, at once, not a hang."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with no_hang("open_log"), pytest.raises(OcifsError) as info:
+        daemon.open_log(fifo, "/mnt/img", foreground=False)
+    assert str(info.value) == f"cannot open log file {fifo}: a FIFO that no one reads"
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        opened = daemon.open_log(fifo, "/mnt/img", foreground=False)
+        assert opened is not None and os.get_blocking(opened.fd)
+        os.write(opened.fd, b"line\n")
+        os.close(opened.fd)
+        assert os.read(reader, 100) == b"line\n"
+    finally:
+        os.close(reader)
+    opened = daemon.open_log(Path("/dev/null"), "/mnt/img", foreground=False)
+    assert opened is not None
+    os.close(opened.fd)
 
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ocifs\[\d+\] (\w+) ([\w.]+): (.*)")
