@@ -18,7 +18,9 @@ def put_in_place(path: Path, kind: str) -> None:
     points at a copy of the file, and the other user's file is the file itself: only what
     they are makes them wrong."""
     good = path.read_bytes() if path.is_file() else b""
-    if path.exists() or path.is_symlink():
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    elif path.exists() or path.is_symlink():
         path.unlink()
     if kind == "fifo":
         os.mkfifo(path)
