@@ -6,8 +6,9 @@ the sections' bytes back to back, each with its own SHA-256 in the table. ``read
 checks all of it and raises ``CacheMiss`` with the reason on anything short of a perfect
 file: missing, not a regular file of this user's (a FIFO, a symlink, a directory or a device
 in its place is never opened as a file, nor waited on: ``open_regular``), truncated, damaged,
-of another format version, kind or byte order, or of the wrong length. ``write_file`` goes through a temporary file renamed into place, so a reader
-sees either the old file or the new one, never half of one.
+of another format version, kind or byte order, or of the wrong length. ``write_file`` goes
+through a temporary file renamed into place, so a reader sees either the old file or the new
+one, never half of one.
 
 The column helpers at the end turn typed arrays, strings and the few values kept as JSON
 into sections and back; what the sections mean is the business of whoever writes them.

@@ -54,6 +54,9 @@ READAHEAD_KIB = 1024
 # libfuse accepts these at mount time, then ends the session at the kernel's INIT: the daemon
 # would be gone and the mount point dead.
 UNSUPPORTED_OPTIONS = {"max_read"}
+# What only root's mounts can have: for anyone else fusermount3 mounts nosuid,nodev whatever
+# -o says, and says nothing.
+ROOT_ONLY_OPTIONS = ("suid", "dev")
 
 
 # --- the log ---------------------------------------------------------------------------------
@@ -185,7 +188,8 @@ def open_log(requested: Path | None, target: str, foreground: bool) -> LogFile |
 
 
 def mount_options(image: str, extra: list[str]) -> set[str]:
-    """ro and default_permissions always; fsname names the image when it can be an option."""
+    """ro and default_permissions always; fsname names the image when it can be an option.
+    Asked for suid or dev by an ordinary user, says in one line that the mount will not be."""
     fsname = image if not any(c in image for c in ", \t\n\\") else "ocifs"
     options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=ocifs"}
     for group in extra:
@@ -194,6 +198,13 @@ def mount_options(image: str, extra: list[str]) -> set[str]:
     for option in options:
         if option.split("=", 1)[0] in UNSUPPORTED_OPTIONS:
             raise OcifsError(f"-o {option} is not supported by ocifs")
+    asked = [option for option in ROOT_ONLY_OPTIONS if option in options]
+    if asked and os.geteuid() != 0:
+        logger.warning(
+            "-o %s: only root can mount with %s; this mount is nosuid,nodev",
+            ",".join(asked),
+            " or ".join(asked),
+        )
     return options
 
 

@@ -232,6 +232,26 @@ def test_mount_options() -> None:
         daemon.mount_options("x", ["ro,max_read=4096"])
 
 
+def test_suid_and_dev_of_an_ordinary_user_are_said_not_to_be(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """-o suid,dev as an ordinary user: fusermount3 mounts nosuid,nodev without a word, so
+    ocifs says so, in one line; root gets them, and no line."""
+    with caplog.at_level(logging.WARNING, logger="ocifs.daemon"):
+        monkeypatch.setattr(daemon.os, "geteuid", lambda: 0)
+        daemon.mount_options("x", ["suid,dev"])
+        assert caplog.records == []
+        monkeypatch.setattr(daemon.os, "geteuid", lambda: 1000)
+        daemon.mount_options("x", ["allow_other"])
+        assert caplog.records == []
+        daemon.mount_options("x", ["suid", "dev,allow_other"])
+        daemon.mount_options("x", ["dev"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "-o suid,dev: only root can mount with suid or dev; this mount is nosuid,nodev",
+        "-o dev: only root can mount with dev; this mount is nosuid,nodev",
+    ]
+
+
 class FakeImage:
     def __init__(self, events: list[str]) -> None:
         self.events = events
