@@ -168,7 +168,7 @@ def test_read_cache_size_option(layout: Path, tmp_path: Path, payload: bytes) ->
         assert (mnt / "data/big").read_bytes() == payload
     bad = run_ocifs("mount", "--read-cache", "lots", f"{layout}:v1", str(tmp_path))
     assert bad.returncode == 2
-    assert "not a size: 'lots'" in bad.stderr
+    assert "invalid size 'lots': expected a number of bytes" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
