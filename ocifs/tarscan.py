@@ -74,7 +74,6 @@ FIFO = "fifo"
 
 _LINKS = frozenset((HARDLINK, SYMLINK))  # the kinds that keep a link target
 _DEVICES = frozenset((CHARDEV, BLOCKDEV))  # the kinds that keep device numbers
-_LIMITED = _LINKS | _DEVICES  # the kinds with fields linuxlimits checks
 # The file type the kernel sees for each kind (xattr rules depend on it); a hardlink's is its
 # target's, unknown here.
 _FILE_TYPES = {
@@ -118,7 +117,7 @@ MAX_SPARSE_SEGMENTS = 1 << 21  # old GNU sparse map (header and extension blocks
 INT64_MAX = (1 << 63) - 1  # what Go's parsers accept; uid, gid and device numbers too
 MIN_MTIME_NS = -(1 << 63)  # mtimes are clamped to what st_mtime_ns (int64) can carry (T3)
 MAX_MTIME_NS = (1 << 63) - 1
-_LONG_PATH = linuxlimits.PATH_MAX - 1  # entry paths at least this long are measured clean
+_LONG_PATH = linuxlimits.PATH_MAX - 1  # paths and link targets this long are measured
 
 # Numeric header fields that error messages name: name -> (start, end) in the header block.
 # The checksum (148, 156) has messages of its own.
@@ -545,10 +544,11 @@ class _Scanner:
             handler = handlers.get(block[156:157], _Scanner.unknown)
             entry = handler(self, block, offset, fields, fmt)
             if entry is not None:
-                if (
+                if (  # what linux_limits could refuse; most entries are none of these
                     entry.xattrs is not None
-                    or entry.kind in _LIMITED
                     or len(entry.path) >= _LONG_PATH
+                    or len(entry.linkname) >= _LONG_PATH
+                    or entry.kind in _DEVICES
                 ):
                     self.linux_limits(entry)
                 if not self.pending.empty():
