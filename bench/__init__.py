@@ -1,6 +1,6 @@
 """The ocifs benchmark: ocifs against ratarmount, umoci unpack and gzip -dc, one run, one table.
 
-    scripts/bench [--only large|debian] [--json FILE] [--workdir DIR] [--rebuild]
+    scripts/bench [--only IMAGE]... [--json FILE] [--workdir DIR] [--rebuild]
                   [--skip-ratarmount] [--skip-umoci] [--ocifs CMD]
 
 (``scripts/bench`` runs ``python -m bench`` from the repository root.) It builds its images
@@ -16,7 +16,15 @@ itself from what is on this machine, once, into WORKDIR/<image>/layout (WORKDIR 
   64 MiB compressible one (generated log lines).
 
 Layers are made with ``tar | gzip -6 -n`` (both layers of an image at once) and written into
-an OCI layout with ``ocifs.ocibuild.LayoutWriter``.
+an OCI layout with ``ocifs.ocibuild.LayoutWriter``. From each, ``skopeo copy`` derives the same
+image in the other formats (``formats``), into WORKDIR/<image>-<format>, cached the same way:
+
+* <image>-zstd: an OCI layout of single-frame zstd layers (``--dest-compress-format zstd``);
+* <image>-chunked: zstd:chunked layers (``--dest-compress-format zstd:chunked``);
+* <image>-docker: a docker-archive tarball (plain tar layers), mounted in place.
+
+--only IMAGE (again for more) picks among debian, debian-zstd, ..., large-docker; the default
+is all of them.
 
 Then, for each image, the same steps for every tool (ocifs, ratarmount, umoci/unpacked tree):
 
@@ -24,7 +32,10 @@ Then, for each image, the same steps for every tool (ocifs, ratarmount, umoci/un
   default) and ``ratarmount -f --index-folders EMPTY BLOB... MNT`` as foreground children, timed
   until MNT shows up in /proc/self/mounts (polled every 10 ms); peak RSS while indexing is the
   child's VmHWM just then, the daemon's RSS its VmRSS. Against ``umoci unpack`` (time and
-  ``du -sb`` of the bundle) and the floor: ``gzip -dc BLOB >/dev/null`` of each layer, summed;
+  ``du -sb`` of the bundle; a derived image shares its gzip image's) and the floor:
+  ``gzip -dc BLOB >/dev/null`` of each layer, summed (``zstd -dc`` for zstd and zstd:chunked,
+  SHA-256 by hashlib of a docker-archive tarball); ratarmount takes the zstd blobs too,
+  but not the tarball (its cells say why);
 * later mount: unmount, mount again with the same cache dir / index folder;
 * ``find MNT | wc -l`` on the fresh first mount, then ``lstat`` of every entry (os.scandir
   walk), against the same on the unpacked tree on local disk (the floor);
@@ -38,13 +49,17 @@ when writable, else posix_fadvise DONTNEED on the blobs, indexes and unpacked fi
 ratarmount is installed from PyPI into WORKDIR/venv-ratarmount on first use. Output: a header
 (machine, versions, image sizes) and one table with the ratios ocifs / ratarmount and
 ocifs / floor and the targets; --json FILE also writes every raw number. Progress goes to
-stderr. Needs root, /dev/fuse, fusermount3, tar, gzip and umoci; a full run takes several
-minutes (for the large image umoci unpack takes ~100 s and ratarmount's first mount ~30 s).
+stderr. Needs root, /dev/fuse, fusermount3, tar, gzip and umoci, and skopeo and zstd for the
+derived images (an image that cannot be derived is left out, with a note); a full run takes
+tens of minutes (for the large image umoci unpack takes ~100 s and ratarmount's first mount
+~30 s; the first build of large-chunked ~6 min).
 
-The modules, one job each: ``steps`` (commands, progress, failed steps), ``images`` (building
-the images), ``tools`` (the commands compared, their versions), ``probes`` (the things timed),
-``measure`` (the steps for each tool, cold caches), ``report`` (the table, the text, --json),
-``__main__`` (the options and the run). Two measurements stand apart from the run, each
-with its own command line: ``zstdbinding`` (the zstd bindings ocifs could use: speed, the
-GIL, frame ends) and ``zstdreads`` (random 4 KiB reads of zstd layers through a mount).
+The modules, one job each: ``steps`` (commands, progress, failed steps), ``formats`` (what
+differs between the image formats), ``images`` (building and deriving the images),
+``zstdframes`` (what a zstd writer wrote), ``tools`` (the commands compared, their versions),
+``probes`` (the things timed), ``measure`` (the steps for each tool, cold caches), ``report``
+(the table, the text, --json), ``__main__`` (the options and the run). Two measurements stand
+apart from the run, each with its own command line: ``zstdbinding`` (the zstd bindings ocifs
+could use: speed, the GIL, frame ends) and ``zstdreads`` (random 4 KiB reads of zstd layers
+through a mount).
 """

@@ -12,15 +12,24 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .images import IMAGES, Image, build_image, image_specs, prepare_image
+from .images import (
+    IMAGES,
+    Image,
+    build_image,
+    derive_image,
+    derived_specs,
+    image_specs,
+    prepare_image,
+)
 from .measure import DROPPER, measure_image
 from .probes import Mounter
 from .report import compose
-from .steps import STARTED, Cell, show_progress
+from .steps import STARTED, BenchError, Cell, one_line, show_progress
 from .tools import find_contenders, machine, versions
 
 logger = logging.getLogger("bench.main")
@@ -39,7 +48,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--json", metavar="FILE", type=Path, help="also write every raw number and the table here"
     )
     parser.add_argument("--rebuild", action="store_true", help="build the images again")
-    parser.add_argument("--only", choices=IMAGES, help="measure one image only")
+    parser.add_argument(
+        "--only",
+        choices=IMAGES,
+        action="append",
+        metavar="IMAGE",
+        help=f"measure this image only (again for more): {', '.join(IMAGES)}",
+    )
     parser.add_argument("--skip-ratarmount", action="store_true", help="do not run ratarmount")
     parser.add_argument(
         "--skip-umoci",
@@ -66,9 +81,25 @@ def main(argv: list[str]) -> int:
 
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    names = [args.only] if args.only else list(IMAGES)
+    names = [name for name in IMAGES if name in (args.only or IMAGES)]
     specs = image_specs(workdir)
-    infos = {name: build_image(specs[name], workdir, args.rebuild) for name in names}
+    derived = derived_specs()
+    bases = [name for name in specs if any(derived[n].base == name for n in names if n in derived)]
+    infos = {
+        name: build_image(specs[name], workdir, args.rebuild)
+        for name in specs
+        if name in names or name in bases
+    }
+    problems: dict[str, str] = {}
+    for name in names:
+        if name in derived:
+            spec = derived[name]
+            try:
+                infos[name] = derive_image(spec, infos[spec.base], workdir, args.rebuild)
+            except (BenchError, OSError, subprocess.SubprocessError) as error:
+                problems[name] = f"not built: {one_line(error)}"
+                logger.info(f"{name}: {problems[name]}")
+    names = [name for name in names if name not in problems]
     contenders = find_contenders(args.ocifs, workdir, args.skip_ratarmount, args.skip_umoci)
     versions_used = versions(contenders)
     machine_line = machine()
@@ -76,11 +107,14 @@ def main(argv: list[str]) -> int:
     mounter = Mounter(workdir / "mnt", workdir / "logs")
     results: dict[str, dict[str, dict[str, Cell]]] = {}
     images: dict[str, Image] = {}
+    gzip_images = {name: prepare_image(name, infos[name]) for name in specs if name in infos}
+    unpacked: dict[str, dict[str, Cell]] = {}
     try:
         mounter.unmount()  # a leftover of an interrupted run
         for name in names:
-            images[name] = prepare_image(name, infos[name])
-            results[name] = measure_image(images[name], contenders, workdir, mounter)
+            base = derived[name].base if name in derived else None
+            images[name] = prepare_image(name, infos[name], gzip_images.get(base or ""))
+            results[name] = measure_image(images[name], contenders, workdir, mounter, unpacked)
     finally:
         mounter.unmount()
 
@@ -88,12 +122,13 @@ def main(argv: list[str]) -> int:
     report = compose(
         machine_line,
         versions_used,
-        infos,
+        {name: infos[name] for name in names},
         images,
         results,
         contenders,
         DROPPER.global_method,
         elapsed,
+        problems,
     )
     print(report.text)
     if args.json:

@@ -1,9 +1,11 @@
 """Build the benchmark's images from what is on this machine, once, and reuse them after.
 
-An image goes to WORKDIR/<name>/layout, with WORKDIR/<name>/build.json saying what was built;
-it is reused while build.json matches what would be built. Layers are made with
-``tar | gzip -6 -n`` (both layers of an image at once) and written into an OCI layout with
-``ocifs.ocibuild.LayoutWriter``.
+An image goes to WORKDIR/<name>/layout (a tarball: WORKDIR/<name>/image.tar), with
+WORKDIR/<name>/build.json saying what was built; it is reused while build.json matches what
+would be built. The gzip images' layers are made with ``tar | gzip -6 -n`` (both layers of an
+image at once) and written into an OCI layout with ``ocifs.ocibuild.LayoutWriter``; the other
+formats are derived from a gzip image with ``skopeo copy`` (see ``formats``), and checked to
+be what their format says (frames, annotations, the same diff_ids).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -27,16 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from ocifs.mediatypes import OCI_LAYER_GZIP
-from ocifs.ocibuild import LayoutWriter, file_sha256, host_platform
+from ocifs.ocibuild import LayoutWriter, file_sha256, host_platform, sha256_digest
 
+from .formats import BASE_FORMAT, FORMATS, Format, format_of
 from .probes import READ_CHUNK, random_offsets
-from .steps import BenchError, last_line
+from .steps import BenchError, checked, last_line
+from .zstdframes import describe_file
 
 logger = logging.getLogger(__name__)
 
 BUILD_FORMAT = 1
+DERIVE_FORMAT = 2  # bump when derive_image's output changes
 MIB = 1 << 20
-IMAGES = ("debian", "large")
+BASES = ("debian", "large")
+# Every image: each gzip image, then what is derived from it ("large-zstd", ...).
+IMAGES = tuple(base + format.suffix for base in BASES for format in FORMATS.values())
+ARCHIVE_REPOSITORY = "ocifs-bench"  # docker-archive tags are ocifs-bench/<base>:latest
 
 
 @dataclass
@@ -61,18 +70,33 @@ class ImageSpec:
 
 
 @dataclass
+class DerivedSpec:
+    """An image made from a gzip image by ``skopeo copy``: same tree, another format."""
+
+    name: str
+    base: str
+    format: str
+
+
+@dataclass
 class Image:
     """A built image as the measurements see it."""
 
     name: str
     info: dict[str, Any]  # build.json
-    layout: Path
-    blobs: list[Path]
+    layout: Path  # the layout directory, or the tarball
+    blobs: list[Path]  # the files a mount reads: the layer blobs, or the tarball
     files: list[dict[str, Any]]  # path (rootfs-relative), size, offsets
+    base: Image | None = None  # the gzip image it was derived from
+
+    @property
+    def format(self) -> Format:
+        return format_of(self.info)
 
     @property
     def arg(self) -> str:
-        return f"{self.layout}:{self.info['ref']}"
+        # The tarball holds one image: no REF needed.
+        return str(self.layout) if self.format.archive else f"{self.layout}:{self.info['ref']}"
 
 
 def python_root() -> Path:
@@ -346,6 +370,7 @@ def build_image(spec: ImageSpec, workdir: Path, rebuild: bool) -> dict[str, Any]
         shutil.rmtree(spec.layers[-1].root)
     info = {
         "spec": spec_key(spec),
+        "format": BASE_FORMAT.name,
         "ref": spec.name,
         "layout": str(layout),
         "manifest": manifest["digest"],
@@ -364,14 +389,277 @@ def build_image(spec: ImageSpec, workdir: Path, rebuild: bool) -> dict[str, Any]
     return info
 
 
-def prepare_image(name: str, info: dict[str, Any]) -> Image:
+def derived_specs() -> dict[str, DerivedSpec]:
+    """Every image derived from a gzip one, by name: large-zstd, large-chunked, large-docker..."""
+    return {
+        base + format.suffix: DerivedSpec(base + format.suffix, base, format.name)
+        for base in BASES
+        for format in FORMATS.values()
+        if format.skopeo is not None
+    }
+
+
+def skopeo_argv(spec: DerivedSpec, base_info: dict[str, Any], target: Path) -> list[str]:
+    """``skopeo copy`` from the gzip image's layout to the derived layout or tarball."""
+    format = FORMATS[spec.format]
+    assert format.skopeo is not None
+    source = f"oci:{base_info['layout']}:{base_info['ref']}"
+    if format.archive:
+        destination = f"docker-archive:{target}:{ARCHIVE_REPOSITORY}/{spec.base}:latest"
+    else:
+        destination = f"oci:{target}:{spec.name}"
+    # --insecure-policy: a local copy between our own files; the machine's policy.json
+    # (which may reject everything) is not the point here.
+    return ["skopeo", "copy", "--quiet", "--insecure-policy", *format.skopeo, source, destination]
+
+
+def derived_key(spec: DerivedSpec, base_info: dict[str, Any], skopeo: str) -> dict[str, Any]:
+    """What build.json must hold for a derived image to be reused: the same gzip image,
+    command and skopeo."""
+    target = Path("TARGET")
+    return {
+        "format": BUILD_FORMAT,
+        "derive_format": DERIVE_FORMAT,
+        **asdict(spec),
+        "base_manifest": base_info["manifest"],
+        "argv": skopeo_argv(spec, base_info, target),
+        "skopeo": skopeo,
+    }
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def layout_layers(layout: Path, ref: str) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """The manifest digest, layer descriptors and diff_ids of ``ref`` in a layout skopeo wrote."""
+    index = load_json(layout / "index.json")
+    named = [
+        entry
+        for entry in index["manifests"]
+        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref
+    ]
+    if len(named) != 1:
+        raise BenchError(f"{layout}: {len(named)} manifests named {ref}")
+    blobs = layout / "blobs" / "sha256"
+    digest = named[0]["digest"]
+    manifest = load_json(blobs / digest.split(":", 1)[1])
+    config = load_json(blobs / manifest["config"]["digest"].split(":", 1)[1])
+    layers = [
+        {
+            "digest": layer["digest"],
+            "blob_bytes": layer["size"],
+            "media_type": layer["mediaType"],
+            "annotations": layer.get("annotations", {}),
+            "zstd": describe_file(blobs / layer["digest"].split(":", 1)[1]),
+        }
+        for layer in manifest["layers"]
+    ]
+    return digest, layers, list(config["rootfs"]["diff_ids"])
+
+
+def archive_layers(archive: Path) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """The config digest, layer members (offset, size) and diff_ids of a docker-archive
+    tarball holding one image."""
+    with tarfile.open(archive) as tar:
+        members = {member.name: member for member in tar.getmembers()}
+
+        def read(name: str) -> Any:
+            member = tar.extractfile(members[name])
+            if member is None:
+                raise BenchError(f"{archive}: {name} is not a file")
+            return json.loads(member.read())
+
+        manifest = read("manifest.json")
+        if len(manifest) != 1:
+            raise BenchError(f"{archive}: {len(manifest)} images, not one")
+        config = read(manifest[0]["Config"])
+        layers = [
+            {
+                "member": name,
+                "offset": members[name].offset_data,
+                "blob_bytes": members[name].size,
+                "repo_tags": manifest[0].get("RepoTags", []),
+            }
+            for name in manifest[0]["Layers"]
+        ]
+    return "sha256:" + Path(manifest[0]["Config"]).stem, layers, list(config["rootfs"]["diff_ids"])
+
+
+def stream_digest(
+    decompress: tuple[str, ...], blob: Path, layer: dict[str, Any]
+) -> tuple[str, int]:
+    """The sha256 and length of a derived layer's tar stream, as a mount reads it.
+
+    ``decompress`` writes it to stdout; with none, it is the layer's byte range of the blob.
+    """
+    digest = hashlib.sha256()
+    total = 0
+    if not decompress:
+        with blob.open("rb") as file:
+            file.seek(layer["offset"])
+            left = layer["blob_bytes"]
+            while left and (chunk := file.read(min(READ_CHUNK, left))):
+                digest.update(chunk)
+                left -= len(chunk)
+                total += len(chunk)
+        return "sha256:" + digest.hexdigest(), total
+    with subprocess.Popen(
+        [*decompress, str(blob)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        while chunk := process.stdout.read(READ_CHUNK):
+            digest.update(chunk)
+            total += len(chunk)
+        error = process.stderr.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise BenchError(f"{' '.join(decompress)} exited {process.returncode}: {last_line(error)}")
+    return "sha256:" + digest.hexdigest(), total
+
+
+def write_blob(layout: Path, document: dict[str, Any]) -> dict[str, Any]:
+    data = json.dumps(document, indent=1).encode()
+    digest = sha256_digest(data)
+    (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def rewrite_diff_ids(layout: Path, ref: str, diff_ids: list[str]) -> str:
+    """Give the image ``ref`` a config with these diff_ids (a new config, manifest and index
+    entry; the layers stay as written); the new manifest's digest."""
+    index = load_json(layout / "index.json")
+    entry = next(
+        entry
+        for entry in index["manifests"]
+        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref
+    )
+    blobs = layout / "blobs" / "sha256"
+    manifest = load_json(blobs / entry["digest"].split(":", 1)[1])
+    config = load_json(blobs / manifest["config"]["digest"].split(":", 1)[1])
+    config["rootfs"]["diff_ids"] = diff_ids
+    manifest["config"] |= write_blob(layout, config)
+    entry |= write_blob(layout, manifest)
+    (layout / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    return str(entry["digest"])
+
+
+def files_complete(info: dict[str, Any]) -> bool:
+    """Every file a derived image's mount reads is there, at its size."""
+    files = info.get("blob_files", [])
+    return bool(files) and all(
+        Path(file["path"]).is_file() and Path(file["path"]).stat().st_size == file["bytes"]
+        for file in files
+    )
+
+
+def derive_image(
+    spec: DerivedSpec, base_info: dict[str, Any], workdir: Path, rebuild: bool
+) -> dict[str, Any]:
+    """Derive the image from its gzip image unless the one there matches; its build.json."""
+    format = FORMATS[spec.format]
+    image_dir = workdir / spec.name
+    target = image_dir / ("image.tar" if format.archive else "layout")
+    info_path = image_dir / "build.json"
+    _, version = checked(["skopeo", "--version"], "skopeo --version", timeout=60)
+    key = derived_key(spec, base_info, version.stdout.strip())
+    if not rebuild and info_path.exists():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            info: dict[str, Any] = load_json(info_path)
+            if info.get("spec") == key and files_complete(info):
+                logger.info(f"{spec.name}: reusing {target} (--rebuild to build it again)")
+                return info
+    argv = skopeo_argv(spec, base_info, target)
+    logger.info(f"{spec.name}: deriving {target} from {spec.base}: $ {' '.join(argv)}")
+    started = time.monotonic()
+    image_dir.mkdir(parents=True, exist_ok=True)
+    info_path.unlink(missing_ok=True)
+    if target.is_dir():
+        shutil.rmtree(target)
+    target.unlink(missing_ok=True)
+    checked(argv, "skopeo copy")
+    if format.archive:
+        digest, layers, diff_ids = archive_layers(target)
+        blob_files = [target]
+        layer_blobs = [target] * len(layers)  # each layer a byte range of the tarball
+    else:
+        digest, layers, diff_ids = layout_layers(target, spec.name)
+        blob_files = layer_blobs = [
+            target / "blobs" / "sha256" / layer["digest"].split(":", 1)[1] for layer in layers
+        ]
+    base_layers = base_info["layers"]
+    if diff_ids != [layer["diff_id"] for layer in base_layers]:
+        raise BenchError(f"{spec.name}: skopeo changed the diff_ids of {spec.base}")
+    corrected: list[dict[str, Any]] = []
+    for number, (layer, base, blob) in enumerate(
+        zip(layers, base_layers, layer_blobs, strict=True)
+    ):
+        stream, tar_bytes = stream_digest(format.decompress, blob, layer)
+        layer.update(
+            diff_id=stream,
+            entries=base["entries"],
+            tar_bytes=tar_bytes,
+            gzip_digest=base["digest"],
+        )
+        if stream != base["diff_id"]:
+            mismatch = (
+                f"layer {number}: its stream ({tar_bytes} bytes) is not the diff_id's "
+                f"({base['tar_bytes']} bytes)"
+            )
+            if not format.diff_id_excuse or not 0 <= base["tar_bytes"] - tar_bytes < 10240:
+                raise BenchError(f"{spec.name}: {mismatch}")
+            corrected.append(
+                {
+                    "layer": number,
+                    "config": base["diff_id"],
+                    "stream": stream,
+                    "dropped_bytes": base["tar_bytes"] - tar_bytes,
+                }
+            )
+        problem = format.check_layer(layer) if format.check_layer else ""
+        if problem:
+            raise BenchError(f"{spec.name}: layer {number}: {problem}")
+    if corrected:
+        logger.info(
+            f"{spec.name}: {format.diff_id_excuse}: writing its config with the streams' digests"
+        )
+        digest = rewrite_diff_ids(target, spec.name, [layer["diff_id"] for layer in layers])
+    info = {
+        "spec": key,
+        "format": format.name,
+        "base": spec.base,
+        "ref": spec.name,
+        "layout": str(target),
+        # a tarball's image is named by its config (the Docker image id), a layout's by its manifest
+        "config" if format.archive else "manifest": digest,
+        "layers": layers,
+        "blob_files": [{"path": str(path), "bytes": path.stat().st_size} for path in blob_files],
+        "big_files": base_info["big_files"],
+        "entries": base_info["entries"],
+        "blob_bytes": sum(path.stat().st_size for path in blob_files),
+        "tar_bytes": sum(layer["tar_bytes"] for layer in layers),
+        "diff_ids_corrected": corrected,
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    info_path.write_text(json.dumps(info, indent=1) + "\n")
+    logger.info(
+        f"{spec.name}: derived in {info['build_seconds']} s: {info['blob_bytes'] / 1e6:.0f} MB "
+        f"{format.stored} ({format.layers})"
+    )
+    return info
+
+
+def prepare_image(name: str, info: dict[str, Any], base: Image | None = None) -> Image:
     """The built image with its blob paths and, per big file, the offsets of its random reads."""
     layout = Path(info["layout"])
-    blobs = [
-        layout / "blobs" / "sha256" / layer["digest"].split(":", 1)[1] for layer in info["layers"]
-    ]
+    if "blob_files" in info:
+        blobs = [Path(file["path"]) for file in info["blob_files"]]
+    else:  # a gzip image: its layers' blobs
+        blobs = [
+            layout / "blobs" / "sha256" / layer["digest"].split(":", 1)[1]
+            for layer in info["layers"]
+        ]
     files = [
         {**file, "offsets": random_offsets(file["path"], file["size"])}
         for file in info["big_files"]
     ]
-    return Image(name, info, layout, blobs, files)
+    return Image(name, info, layout, blobs, files, base)

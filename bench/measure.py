@@ -2,9 +2,11 @@
 
 For a FUSE tool: a first mount with its cache or index emptied (find and lstat walk on it),
 then, for every big file, a fresh later mount for its sequential reads and another for its
-random reads. For umoci: unpack, then the same walks and reads on the unpacked tree. The floor
-of the first mount: ``gzip -dc`` of every layer. Before every cold step the page cache of the
-files it reads is dropped.
+random reads. For umoci: unpack, then the same walks and reads on the unpacked tree (of the
+gzip image, for an image derived from it: umoci 0.4.7 reads no zstd, and the tree is the same).
+The floor of the first mount: the format's floor command (``gzip -dc``, ``zstd -dc``,
+SHA-256 by hashlib; see ``formats``) on every blob. Before every cold step the page cache
+of the files it reads is dropped.
 """
 
 from __future__ import annotations
@@ -218,8 +220,11 @@ def run_fuse_tool(tool: FuseTool, image: Image, mounter: Mounter) -> dict[str, C
             out["rss_after_walk_mb"] = mounter.rss_mb()
         finally:
             mounter.unmount()
-    with step(out, ["disk_bytes"], f"{what}: disk"):
-        out["disk_bytes"] = du_bytes(tool.state) if tool.state is not None else "no cache"
+    if isinstance(out["first_mount_s"], str):  # it never mounted: its cache dir says nothing
+        out["disk_bytes"] = out["first_mount_s"]
+    else:
+        with step(out, ["disk_bytes"], f"{what}: disk"):
+            out["disk_bytes"] = du_bytes(tool.state) if tool.state is not None else "no cache"
 
     # Every read measurement on a fresh mount of its own: no tool profits from what it
     # decompressed (or prefetched) for the one before.
@@ -305,16 +310,18 @@ def run_unpacked(image: Image, workdir: Path) -> dict[str, Cell]:
     return out
 
 
-def gzip_floor(image: Image) -> dict[str, Cell]:
+def first_mount_floor(image: Image) -> dict[str, Cell]:
+    """The format's floor command (``gzip -dc``, ``zstd -dc``...) on every blob, cold, summed."""
     out: dict[str, Cell] = {}
-    with step(out, ["first_mount_s", "first_mount_cpu_s"], f"{image.name}/gzip -dc"):
+    label = image.format.floor_label
+    with step(out, ["first_mount_s", "first_mount_cpu_s"], f"{image.name}/{label}"):
         total = 0.0
         cpu = children_cpu_seconds()
         for blob in image.blobs:
             DROPPER.drop([blob])
             started = time.monotonic()
             result = subprocess.run(
-                ["gzip", "-dc", str(blob)],
+                [*image.format.floor_argv, str(blob)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -322,22 +329,32 @@ def gzip_floor(image: Image) -> dict[str, Cell]:
             )
             total += time.monotonic() - started
             if result.returncode != 0:
-                raise BenchError(f"gzip -dc exited {result.returncode}: {last_line(result.stderr)}")
+                raise BenchError(f"{label} exited {result.returncode}: {last_line(result.stderr)}")
         out.update(first_mount_s=total, first_mount_cpu_s=children_cpu_seconds() - cpu)
-        logger.info(f"{image.name}: gzip -dc of {len(image.blobs)} layers: {total:.2f} s")
+        logger.info(f"{image.name}: {label} of {len(image.blobs)} blobs: {total:.2f} s")
     return out
 
 
 def measure_image(
-    image: Image, contenders: Contenders, workdir: Path, mounter: Mounter
+    image: Image,
+    contenders: Contenders,
+    workdir: Path,
+    mounter: Mounter,
+    unpacked: dict[str, dict[str, Cell]],
 ) -> dict[str, dict[str, Cell]]:
-    """Every tool's results for one image: gzip (the floor), ocifs, ratarmount, unpacked."""
+    """Every tool's results for one image: the floor, ocifs, ratarmount, unpacked.
+
+    ``unpacked`` holds the umoci results of the gzip images measured so far, by name: an
+    image derived from one of them shares them rather than unpacking the same tree again.
+    """
     per_tool: dict[str, dict[str, Cell]] = {}
     info = image.info
+    format = image.format
     logger.info(
-        f"== {image.name}: {info['entries']:,} entries, {info['blob_bytes'] / 1e6:.0f} MB gzip"
+        f"== {image.name}: {info['entries']:,} entries, {info['blob_bytes'] / 1e6:.0f} MB "
+        f"{format.stored} ({format.layers})"
     )
-    per_tool["gzip"] = gzip_floor(image)
+    per_tool[format.floor] = first_mount_floor(image)
 
     if contenders.ocifs_problem:
         per_tool["ocifs"] = {"first_mount_s": contenders.ocifs_problem}
@@ -358,6 +375,8 @@ def measure_image(
 
     if contenders.ratarmount is None:
         per_tool["ratarmount"] = {"first_mount_s": contenders.ratarmount_problem}
+    elif format.ratarmount:
+        per_tool["ratarmount"] = {"first_mount_s": format.ratarmount}
     else:
         index = workdir / "ratarmount-index" / image.name
         argv = [
@@ -372,7 +391,12 @@ def measure_image(
             FuseTool("ratarmount", argv, argv, index), image, mounter
         )
 
-    per_tool["unpacked"] = (
-        {"first_mount_s": "skipped"} if contenders.skip_umoci else run_unpacked(image, workdir)
-    )
+    tree = image.base or image
+    if contenders.skip_umoci:
+        per_tool["unpacked"] = {"first_mount_s": "skipped"}
+    elif tree.name in unpacked:
+        logger.info(f"{image.name}/umoci: the unpacked tree of {tree.name}, measured above")
+        per_tool["unpacked"] = unpacked[tree.name]
+    else:
+        per_tool["unpacked"] = unpacked[tree.name] = run_unpacked(tree, workdir)
     return per_tool

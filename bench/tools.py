@@ -1,4 +1,8 @@
-"""The commands compared (ocifs, ratarmount, umoci), their versions and the machine they ran on."""
+"""The commands compared (ocifs, ratarmount, umoci), their versions and the machine they ran on.
+
+Also the versions of the commands that made the derived images or are their floors (skopeo,
+zstd, openssl).
+"""
 
 from __future__ import annotations
 
@@ -111,7 +115,9 @@ def ratarmount_version(command: Path) -> str:
     found = [
         line.strip()
         for line in lines
-        if re.match(r"(ratarmount|ratarmountcore|rapidgzip|indexed_gzip) ", line.strip())
+        if re.match(
+            r"(ratarmount|ratarmountcore|rapidgzip|indexed_gzip|indexed_zstd) ", line.strip()
+        )
     ]
     return ", ".join(found) if found else (lines[0] if lines else "unknown")
 
@@ -137,6 +143,9 @@ def versions(contenders: Contenders) -> dict[str, str]:
         if contenders.skip_umoci
         else first_line_of(["umoci", "--version"]),
         "gzip": first_line_of(["gzip", "--version"]),
+        "zstd": first_line_of(["zstd", "--version"]).strip("* "),
+        "skopeo": first_line_of(["skopeo", "--version"]),
+        "openssl": first_line_of(["openssl", "version"]),
         "tar": first_line_of(["tar", "--version"]),
         "python": f"Python {platform.python_version()}",
     }

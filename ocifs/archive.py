@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .blobs import Blob, FileBlob, FileBlobHandle, NotAFile
+from .blobs import Blob, FileBlob, FileBlobHandle, NotAFile, Progress
 from .errors import CompressionError, LayoutError, TarFormatError, show
 from .gzseek import DEFAULT_SPACING, GzipCursor, GzipIndexer, SeekPoints
 from .mediatypes import MAGIC_BYTES, Compression, sniff_compression
@@ -198,7 +198,7 @@ def _scan(stream: Readable, path: Path) -> dict[str, Member]:
     return members
 
 
-def _read_plain(path: Path, fd: int, size: int) -> MemberTable:
+def _read_plain(path: Path, fd: int, size: int, progress: Progress | None) -> MemberTable:
     stream = _PlainStream(fd, size)
     members = _scan(stream, path)
     logger.info(
@@ -211,8 +211,9 @@ def _read_plain(path: Path, fd: int, size: int) -> MemberTable:
     return MemberTable(Compression.NONE, members, None)
 
 
-def _read_gzip(path: Path, fd: int, size: int) -> MemberTable:
-    indexer = GzipIndexer(_FileStream(fd), DEFAULT_SPACING)
+def _read_gzip(path: Path, fd: int, size: int, progress: Progress | None) -> MemberTable:
+    on_input = None if progress is None else (lambda chunk: progress(len(chunk)))
+    indexer = GzipIndexer(_FileStream(fd), DEFAULT_SPACING, on_input)
     try:
         members = _scan(indexer, path)
         indexer.drain()
@@ -231,14 +232,17 @@ def _read_gzip(path: Path, fd: int, size: int) -> MemberTable:
 
 
 # How the member table of an archive stored each way is read (the compressions it may have).
-TABLE_READERS: dict[Compression, Callable[[Path, int, int], MemberTable]] = {
+# A plain archive's headers are read in milliseconds, and show no progress; a gzipped one is
+# inflated whole, and does.
+TABLE_READERS: dict[Compression, Callable[[Path, int, int, Progress | None], MemberTable]] = {
     Compression.NONE: _read_plain,
     Compression.GZIP: _read_gzip,
 }
 
 
-def read_members(path: Path) -> MemberTable:
-    """Read the archive's member table; LayoutError (one line) if it cannot be had."""
+def read_members(path: Path, progress: Progress | None = None) -> MemberTable:
+    """Read the archive's member table; LayoutError (one line) if it cannot be had.
+    ``progress`` is called with the number of archive bytes read, as they are."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as error:
@@ -249,7 +253,7 @@ def read_members(path: Path) -> MemberTable:
         reader = TABLE_READERS.get(compression)
         if reader is None:
             raise LayoutError(f"{path}: {compression}-compressed archives are not supported")
-        return reader(path, fd, size)
+        return reader(path, fd, size, progress)
     except TarFormatError as error:  # no tar at all, or a damaged or truncated one
         raise LayoutError(f"{path} is not a valid tar archive: {error}") from error
     except CompressionError as error:

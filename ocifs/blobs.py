@@ -16,11 +16,15 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
+
+# Called with the number of blob (or archive) bytes just read, as a long read goes on.
+Progress = Callable[[int], None]
 
 
 class Readable(Protocol):

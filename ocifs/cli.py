@@ -173,10 +173,13 @@ def open_image(args: argparse.Namespace, report: LoadReport) -> Image:
     (an archive's member table, the layers' indexes, the merged tree)."""
     platform = Platform.parse(args.platform) if args.platform else None
     cache = None if args.no_cache else IndexCache(args.cache_dir or default_cache_dir())
-    resolved = resolve_arg(args.image, platform, cache)
-    logger.info("resolved %s to %s", args.image, resolved.describe())
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
     try:
+        archive_progress = progress.archive if progress is not None else None
+        resolved = resolve_arg(args.image, platform, cache, archive_progress)
+        logger.info("resolved %s to %s", args.image, resolved.describe())
+        if progress is not None:
+            progress.finish()
         return load_image(
             resolved,
             verify=not args.no_verify,

@@ -17,12 +17,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .blobs import Progress
 from .blockcache import BLOCK_CACHE_BYTES, BlockCache
 from .cachefile import CacheMiss
 from .errors import LayerError, MergeError
 from .gzseek import DEFAULT_SPACING
 from .indexcache import IndexCache
-from .layerindex import LayerIndex, Progress, index_layer
+from .layerindex import LayerIndex, index_layer
 from .layerread import LayerReader, open_reader
 from .layout import LayerRef, ResolvedImage
 from .prefetch import PREFETCH_WORKERS, InflatePool, cache_share

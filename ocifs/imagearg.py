@@ -22,7 +22,7 @@ from . import dockerarchive, layout, sources
 from .errors import LayoutError
 from .indexcache import IndexCache
 from .layout import Platform, ResolvedImage
-from .sources import BlobSource, open_archive, open_directory
+from .sources import ArchiveProgress, BlobSource, open_archive, open_directory
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,12 @@ class SourceKind:
 
     name: str
     applies: Callable[[Path], bool]
-    open: Callable[[Path, IndexCache | None], BlobSource]
+    open: Callable[[Path, IndexCache | None, ArchiveProgress | None], BlobSource]
 
 
-def _open_directory(path: Path, cache: IndexCache | None) -> BlobSource:
+def _open_directory(
+    path: Path, cache: IndexCache | None, progress: ArchiveProgress | None
+) -> BlobSource:
     return open_directory(path)
 
 
@@ -90,7 +92,9 @@ FORMATS: tuple[tuple[tuple[str, ...], Resolver], ...] = (
 )
 
 
-def open_source(path: Path, cache: IndexCache | None) -> BlobSource:
+def open_source(
+    path: Path, cache: IndexCache | None, progress: ArchiveProgress | None = None
+) -> BlobSource:
     """The source at ``path``; LayoutError if it is neither a directory nor a file."""
     for kind in SOURCES:
         try:
@@ -99,7 +103,7 @@ def open_source(path: Path, cache: IndexCache | None) -> BlobSource:
             applies = False
         if applies:
             logger.debug("%s: a %s", path, kind.name)
-            return kind.open(path, cache)
+            return kind.open(path, cache, progress)
     return open_directory(path)  # which says what the path is instead
 
 
@@ -126,9 +130,13 @@ def resolve_source(
 
 
 def resolve_arg(
-    arg: str, platform: Platform | None = None, cache: IndexCache | None = None
+    arg: str,
+    platform: Platform | None = None,
+    cache: IndexCache | None = None,
+    progress: ArchiveProgress | None = None,
 ) -> ResolvedImage:
     """Resolve ``LAYOUT[:REF|@DIGEST]``: split, open (an archive's member table through
-    ``cache``), resolve. LayoutError with one line on any problem."""
+    ``cache``, ``progress`` shown while a gzipped one is read), resolve. LayoutError with one
+    line on any problem."""
     path, ref, digest = split_image_arg(arg)
-    return resolve_source(open_source(path, cache), ref, digest, platform)
+    return resolve_source(open_source(path, cache, progress), ref, digest, platform)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .blobs import BlobStream
+from .blobs import BlobStream, Progress
 from .errors import LayerError, LayoutError, OcifsError
 from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
 from .layout import LayerRef
@@ -35,9 +35,6 @@ from .zstdseek import ZstdIndexer
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # what the indexing pass reads and inflates at a time
-
-# Called with the number of blob bytes just read.
-Progress = Callable[[int], None]
 
 
 class IndexingCancelled(Exception):

@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .archive import Archive, identify, member_name, read_members
-from .blobs import Blob, FileBlob, NotAFile
+from .blobs import Blob, FileBlob, NotAFile, Progress
 from .errors import LayoutError
 
 if TYPE_CHECKING:
@@ -143,13 +144,20 @@ def open_directory(path: Path) -> DirectorySource:
     return DirectorySource(path)
 
 
-def open_archive(path: Path, cache: IndexCache | None) -> ArchiveSource:
+# Given the name and size of an archive about to be read whole, its progress callback.
+ArchiveProgress = Callable[[str, int], Progress]
+
+
+def open_archive(
+    path: Path, cache: IndexCache | None, progress: ArchiveProgress | None = None
+) -> ArchiveSource:
     """An archive source: its member table from the cache if the cache has one read from the
     file as it is now, else read (once, here) and stored in the cache."""
     identity = identify(path)
     table = cache.load_archive(identity) if cache is not None else None
     if table is None:
-        table = read_members(path)
+        advance = progress(path.name, identity.size) if progress is not None else None
+        table = read_members(path, advance)
         # A file that changed while it was read is not cached under what it was before.
         if cache is not None and identify(path) == identity:
             table = cache.store_archive(identity, table)

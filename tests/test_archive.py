@@ -22,7 +22,7 @@ from archives import Entry, write_tar
 from ocifs import archive as A
 from ocifs import sources
 from ocifs.archive import Archive, GzipRangeBlob, identify, read_members
-from ocifs.blobs import Blob, FileBlob, NotAFile
+from ocifs.blobs import Blob, FileBlob, NotAFile, Progress
 from ocifs.cachefile import FileSection
 from ocifs.errors import LayoutError
 from ocifs.indexcache import IndexCache
@@ -425,9 +425,9 @@ def test_x3_cached_table_is_not_used_for_a_changed_archive(
     of its head and tail are what the cached table is trusted for."""
     reads: list[Path] = []
 
-    def counted(path: Path) -> A.MemberTable:
+    def counted(path: Path, progress: Progress | None = None) -> A.MemberTable:
         reads.append(path)
-        return read_members(path)
+        return read_members(path, progress)
 
     monkeypatch.setattr(sources, "read_members", counted)
     path = write_tar(tmp_path / "a.tar", entries())

@@ -4,23 +4,57 @@ the probes run on a local directory, and what goes into the images."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.__main__ import parse_args
-from bench.images import Image, Source, collect_members, log_lines, prepare_image
-from bench.measure import file_keys, percentile
-from bench.probes import RANDOM_READS, RANDOM_SIZE, probe, probe_main, random_offsets
+from bench.formats import FORMATS, format_of
+from bench.images import (
+    IMAGES,
+    DerivedSpec,
+    Image,
+    ImageSpec,
+    LayerSpec,
+    Source,
+    build_image,
+    collect_members,
+    derive_image,
+    derived_key,
+    layout_layers,
+    log_lines,
+    prepare_image,
+)
+from bench.measure import (
+    FuseTool,
+    file_keys,
+    first_mount_floor,
+    measure_image,
+    percentile,
+    run_fuse_tool,
+)
+from bench.probes import (
+    RANDOM_READS,
+    RANDOM_SIZE,
+    Mounter,
+    probe,
+    probe_main,
+    random_offsets,
+)
 from bench.report import (
     COLUMNS,
     Row,
     Table,
+    build_notes,
     consistency_notes,
     header_lines,
+    image_heading,
     legend_lines,
     number,
     numeric,
@@ -31,6 +65,7 @@ from bench.report import (
 )
 from bench.steps import BenchError, Cell, ElapsedFormatter, last_line, one_line, step
 from bench.tools import Contenders
+from bench.zstdframes import describe, describe_file, walk_frames
 
 REPO = Path(__file__).resolve().parent.parent
 SHA = "a" * 64
@@ -72,7 +107,7 @@ def test_options_and_their_defaults() -> None:
     assert (args.rebuild, args.skip_ratarmount, args.skip_umoci) == (False, False, False)
     args = parse_args(["--only", "debian", "--json", "out.json", "--skip-umoci", "--ocifs", "x y"])
     assert (args.only, args.json, args.skip_umoci, args.ocifs) == (
-        "debian",
+        ["debian"],
         Path("out.json"),
         True,
         "x y",
@@ -83,6 +118,21 @@ def test_only_takes_an_image_name(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--only", "alpine"])
     assert "invalid choice: 'alpine'" in capsys.readouterr().err
+
+
+def test_only_takes_the_derived_images_and_repeats() -> None:
+    args = parse_args(["--only", "large-zstd", "--only", "large-chunked", "--only", "large-docker"])
+    assert args.only == ["large-zstd", "large-chunked", "large-docker"]
+    assert IMAGES == (
+        "debian",
+        "debian-zstd",
+        "debian-chunked",
+        "debian-docker",
+        "large",
+        "large-zstd",
+        "large-chunked",
+        "large-docker",
+    )
 
 
 def test_usage_names_the_bench() -> None:
@@ -246,10 +296,13 @@ def test_long_failures_become_footnotes_once() -> None:
     table = Table()
     long = "failed: " + "x" * 80
     other = "failed: " + "y" * 80
-    assert table.cell(long, 1.0) == long[:52] + "… [1]"
-    assert table.cell(other, 1.0).endswith("… [2]")
-    assert table.cell(long, 1.0).endswith("… [1]")
-    assert table.footnotes == [long, other]
+    reason = "n/a: " + "z" * 80
+    assert table.cell(long, 1.0) == "failed [1]"
+    assert table.cell(other, 1.0) == "failed [2]"
+    assert table.cell(long, 1.0) == "failed [1]"
+    assert table.cell(reason, 1.0) == "n/a [3]"
+    assert table.cell("failed: a short one", 1.0) == "failed: a short one"
+    assert table.footnotes == [long, other, reason]
 
 
 def test_render_aligns_the_columns() -> None:
@@ -454,3 +507,348 @@ def test_log_lines_are_deterministic_and_exact() -> None:
     assert text != log_lines(10_000, 8)
     assert text.startswith(b"2024-03-01T00:00:00.")
     assert b" status=" in text
+
+
+# ---------------------------------------------------------------- zstd frames
+
+
+def zstd_lv_frames(path: Path) -> tuple[int, int]:
+    """The zstd CLI's own count of a file's frames and skippable frames: the oracle."""
+    result = subprocess.run(["zstd", "-lv", str(path)], capture_output=True, text=True, check=True)
+    counts = {
+        line.split(":")[0].strip("# "): int(line.split(":")[1])
+        for line in result.stdout.splitlines()
+        if line.startswith("# ")
+    }
+    return counts["Zstandard Frames"], counts.get("Skippable Frames", 0)
+
+
+def zstd_of(tmp_path: Path, name: str, data: bytes, *options: str) -> bytes:
+    source = tmp_path / name
+    source.write_bytes(data)
+    subprocess.run(["zstd", "-q", "-f", *options, str(source)], check=True)
+    return (tmp_path / f"{name}.zst").read_bytes()
+
+
+def test_zstd_frames_of_one_frame(tmp_path: Path) -> None:
+    data = log_lines(1 << 20, 3)  # several 128 KiB blocks
+    path = tmp_path / "one.zst"
+    path.write_bytes(zstd_of(tmp_path, "one", data, "-3"))
+    described = describe_file(path)
+    assert described == {
+        "frames": 1,
+        "skippable_frames": 0,
+        "checksummed_frames": 1,  # the CLI writes XXH64 by default
+        "max_window": 1 << 20,  # single segment: the window is the content
+        "largest_frame_bytes": path.stat().st_size,
+        "content_sizes_known": True,  # from a file, the CLI knows the size
+    }
+    assert (described["frames"], described["skippable_frames"]) == zstd_lv_frames(path)
+
+
+def test_zstd_frames_of_frames_and_skippable_ones(tmp_path: Path) -> None:
+    """A stream like zstd:chunked's: frames, then skippable frames with data and a footer."""
+    first = zstd_of(tmp_path, "a", b"a" * 100_000, "--no-check")
+    second = subprocess.run(
+        ["zstd", "-q", "-c", "-"], input=os.urandom(5000), capture_output=True, check=True
+    ).stdout  # from a pipe: no content size, a window descriptor
+    toc = (0x184D2A50).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"toc"
+    footer = (0x184D2A5F).to_bytes(4, "little") + (0).to_bytes(4, "little")
+    path = tmp_path / "chunked.zst"
+    path.write_bytes(first + second + toc + footer)
+    with path.open("rb") as file:
+        frames = walk_frames(file, path.stat().st_size)
+    assert [(frame.offset, frame.size, frame.skippable) for frame in frames] == [
+        (0, len(first), False),
+        (len(first), len(second), False),
+        (len(first) + len(second), 11, True),
+        (len(first) + len(second) + 11, 8, True),
+    ]
+    assert [frame.checksum for frame in frames[:2]] == [False, True]
+    assert frames[0].content_size == 100_000 and frames[1].content_size is None
+    assert frames[1].window >= 5000
+    described = describe(frames)
+    assert (described["frames"], described["skippable_frames"]) == zstd_lv_frames(path) == (2, 2)
+    assert described["content_sizes_known"] is False
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[:-3], "truncated|runs past the end"),
+        (lambda data: data + b"junkjunk", "no zstd frame at offset"),
+        (lambda data: data[:4], "truncated in a frame header"),
+    ],
+)
+def test_zstd_frames_of_a_damaged_file(tmp_path: Path, damage: Any, message: str) -> None:
+    path = tmp_path / "bad.zst"
+    path.write_bytes(damage(zstd_of(tmp_path, "x", log_lines(300_000, 1))))
+    with pytest.raises(BenchError, match=message):
+        describe_file(path)
+
+
+# ---------------------------------------------------------------- formats
+
+
+def layer(**fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "media_type": "application/vnd.oci.image.layer.v1.tar+zstd",
+        "annotations": {},
+        "zstd": {"frames": 1, "skippable_frames": 0},
+        "blob_bytes": 10,
+        "tar_bytes": 10,
+    }
+    return record | fields
+
+
+def test_formats_table() -> None:
+    assert list(FORMATS) == ["gzip", "zstd", "zstd:chunked", "docker-archive"]
+    assert len({format.suffix for format in FORMATS.values()}) == len(FORMATS)
+    assert [format.floor_label for format in FORMATS.values()] == [
+        "gzip -dc",
+        "zstd -dc",
+        "zstd -dc",
+        "sha256 (hashlib)",
+    ]
+    assert format_of({}) is FORMATS["gzip"]  # a build.json from before the formats
+    assert [name for name, format in FORMATS.items() if format.skopeo is None] == ["gzip"]
+    assert [name for name, format in FORMATS.items() if format.archive] == ["docker-archive"]
+    assert FORMATS["docker-archive"].ratarmount.startswith("n/a: ")
+    assert not FORMATS["zstd"].random_judged and FORMATS["zstd:chunked"].random_judged
+
+
+def test_layer_checks_of_the_formats() -> None:
+    one, chunked = (FORMATS[name].check_layer for name in ("zstd", "zstd:chunked"))
+    assert one is not None and chunked is not None
+    assert one(layer()) == ""
+    assert one(layer(zstd={"frames": 3, "skippable_frames": 2})).endswith("not one frame")
+    assert one(layer(media_type="application/vnd.oci.image.layer.v1.tar+gzip")).startswith(
+        "media type"
+    )
+    toc = {
+        prefix + suffix: "x"
+        for prefix in ("io.containers.zstd-chunked.",)
+        for suffix in ("manifest-checksum", "manifest-position")
+    }
+    newer = {key.replace("io.", "io.github.", 1): value for key, value in toc.items()}
+    framed = {"frames": 40, "skippable_frames": 2}
+    assert chunked(layer(annotations=toc, zstd=framed)) == ""
+    assert chunked(layer(annotations=newer, zstd=framed)) == ""
+    assert chunked(layer(zstd=framed)).startswith("no zstd-chunked")
+    assert chunked(layer(annotations=toc)).endswith("not chunked")
+
+
+# ---------------------------------------------------------------- derived images, for real
+
+
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Image]:
+    """A tiny gzip image built by build_image, and every format skopeo derives from it."""
+    workdir = tmp_path_factory.mktemp("bench")
+    root = workdir / "root"
+    (root / "etc" / "deep").mkdir(parents=True)
+    (root / "etc" / "motd").write_text("hello\n")
+    (root / "etc" / "deep" / "big").write_bytes(log_lines(300_000, 5))
+    (root / "srv").mkdir()
+    (root / "srv" / "data").write_bytes(os.urandom(70_000))
+    spec = ImageSpec(
+        "tiny", [LayerSpec(str(root), [Source("etc")]), LayerSpec(str(root), [Source("srv")])]
+    )
+    base_info = build_image(spec, workdir, rebuild=False)
+    images = {"tiny": prepare_image("tiny", base_info)}
+    for format in FORMATS.values():
+        if format.skopeo is not None:
+            name = "tiny" + format.suffix
+            derived_spec = DerivedSpec(name, "tiny", format.name)
+            info = derive_image(derived_spec, base_info, workdir, rebuild=False)
+            images[name] = prepare_image(name, info, images["tiny"])
+    return images
+
+
+def gzip_tar(blob: Path) -> bytes:
+    return subprocess.run(["gzip", "-dc", str(blob)], capture_output=True, check=True).stdout
+
+
+def test_derived_images_keep_the_tree_and_say_what_they_are(derived: dict[str, Image]) -> None:
+    base = derived["tiny"]
+    for name in ("tiny-zstd", "tiny-chunked", "tiny-docker"):
+        info = derived[name].info
+        assert derived[name].base is base
+        assert info["entries"] == base.info["entries"]
+        assert (
+            info["big_files"]
+            == base.info["big_files"]
+            == [{"path": "etc/deep/big", "size": 300_000}]
+        )
+        assert info["blob_bytes"] == sum(path.stat().st_size for path in derived[name].blobs)
+    for name in ("tiny-zstd", "tiny-docker"):  # the very same tar streams
+        info = derived[name].info
+        assert [layer["diff_id"] for layer in info["layers"]] == [
+            layer["diff_id"] for layer in base.info["layers"]
+        ]
+        assert (info["tar_bytes"], info["diff_ids_corrected"]) == (base.info["tar_bytes"], [])
+    zstd = derived["tiny-zstd"]
+    assert zstd.arg == f"{zstd.layout}:tiny-zstd"
+    assert [layer["zstd"]["frames"] for layer in zstd.info["layers"]] == [1, 1]
+    for layer_info, blob in zip(zstd.info["layers"], zstd.blobs, strict=True):
+        assert zstd_lv_frames(blob) == (1, 0)
+        assert layer_info["zstd"]["checksummed_frames"] == 1
+    chunked = derived["tiny-chunked"]
+    for layer_info, blob in zip(chunked.info["layers"], chunked.blobs, strict=True):
+        frames = layer_info["zstd"]
+        assert (frames["frames"], frames["skippable_frames"]) == zstd_lv_frames(blob)
+        assert frames["frames"] > 1 and frames["skippable_frames"] == 2
+        assert any(key.endswith(".manifest-position") for key in layer_info["annotations"])
+
+
+def test_chunked_image_gets_the_digests_of_the_streams_skopeo_wrote(
+    derived: dict[str, Image],
+) -> None:
+    """skopeo 1.9.3 cuts GNU tar's zero padding off the zstd:chunked stream and keeps the old
+    diff_id; the bench's image has a config with the streams' digests, the layers as written."""
+    base, chunked = derived["tiny"], derived["tiny-chunked"]
+    corrected = chunked.info["diff_ids_corrected"]
+    assert corrected, "skopeo wrote the whole stream: is diff_id_excuse still true?"
+    _, layers, diff_ids = layout_layers(chunked.layout, "tiny-chunked")
+    assert [layer["digest"] for layer in layers] == [
+        layer["digest"] for layer in chunked.info["layers"]
+    ]
+    assert diff_ids == [layer["diff_id"] for layer in chunked.info["layers"]]
+    assert (
+        chunked.info["manifest"]
+        == json.loads((chunked.layout / "index.json").read_text())["manifests"][0]["digest"]
+    )
+    for index, (layer_info, blob) in enumerate(
+        zip(chunked.info["layers"], chunked.blobs, strict=True)
+    ):
+        stream = subprocess.run(["zstd", "-dc", str(blob)], capture_output=True, check=True).stdout
+        original = gzip_tar(base.blobs[index])
+        assert "sha256:" + hashlib.sha256(stream).hexdigest() == layer_info["diff_id"]
+        dropped = original[len(stream) :]
+        assert original.startswith(stream) and dropped == bytes(len(dropped))  # zeros only
+        fixed = [entry for entry in corrected if entry["layer"] == index]
+        assert fixed == (
+            [
+                {
+                    "layer": index,
+                    "config": base.info["layers"][index]["diff_id"],
+                    "stream": layer_info["diff_id"],
+                    "dropped_bytes": len(dropped),
+                }
+            ]
+            if stream != original
+            else []
+        )
+    note = build_notes({"tiny-chunked": chunked.info})
+    assert len(note) == 1 and note[0].startswith("tiny-chunked: skopeo 1.9.3 writes")
+    assert build_notes({"tiny-zstd": derived["tiny-zstd"].info}) == []
+
+
+def test_docker_archive_layers_are_byte_ranges_of_the_tarball(derived: dict[str, Image]) -> None:
+    docker = derived["tiny-docker"]
+    assert docker.arg == str(docker.layout) and docker.blobs == [docker.layout]
+    with tarfile.open(docker.layout) as tar:
+        for layer_info in docker.info["layers"]:
+            member = tar.getmember(layer_info["member"])
+            assert (member.offset_data, member.size) == (
+                layer_info["offset"],
+                layer_info["tar_bytes"],
+            )
+            data = tar.extractfile(member)
+            assert data is not None
+            assert "sha256:" + hashlib.sha256(data.read()).hexdigest() == layer_info["diff_id"]
+
+
+def test_derived_image_is_reused_until_its_base_changes(
+    derived: dict[str, Image], caplog: pytest.LogCaptureFixture
+) -> None:
+    base = derived["tiny"].info
+    workdir = Path(base["layout"]).parent.parent
+    spec = DerivedSpec("tiny-zstd", "tiny", "zstd")
+    with caplog.at_level(logging.INFO, logger="bench.images"):
+        again = derive_image(spec, base, workdir, rebuild=False)
+    assert again == derived["tiny-zstd"].info
+    assert "tiny-zstd: reusing" in caplog.text
+    assert derived_key(spec, base, "skopeo 1") != derived_key(
+        spec, base | {"manifest": "sha256:" + "0" * 64}, "skopeo 1"
+    )
+    assert derived_key(spec, base, "skopeo 1") != derived_key(spec, base, "skopeo 2")
+
+
+def test_first_mount_floor_of_each_format(derived: dict[str, Image]) -> None:
+    for image in derived.values():
+        floor = first_mount_floor(image)
+        assert isinstance(floor["first_mount_s"], float), floor
+        assert isinstance(floor["first_mount_cpu_s"], float)
+    broken = derived["tiny-zstd"]
+    damaged = Image(broken.name, broken.info, broken.layout, [REPO / "README.md"], broken.files)
+    assert str(first_mount_floor(damaged)["first_mount_s"]).startswith("failed: zstd -dc exited 1")
+
+
+def test_a_mount_that_fails_leaves_one_line_cells(
+    derived: dict[str, Image], tmp_path: Path
+) -> None:
+    """What an ocifs that cannot read a format yet does to the table: failed cells, no crash."""
+    mounter = Mounter(tmp_path / "mnt", tmp_path / "logs")
+    failing = ["sh", "-c", "echo 'ocifs: error: zstd layers are not supported' >&2; exit 1"]
+    out = run_fuse_tool(
+        FuseTool("ocifs", failing, failing, tmp_path / "cache"), derived["tiny-zstd"], mounter
+    )
+    expected = "failed: ocifs: error: zstd layers are not supported (exit 1 before mounting)"
+    assert out["first_mount_s"] == out["find_s"] == out["later_mount_s"] == expected
+    assert out["disk_bytes"] == expected  # not the size of a cache it never wrote
+    assert out["seq_cold_mb_s:etc/deep/big"] == out["random_median_ms:etc/deep/big"] == expected
+    assert not mounter.mounted()
+
+
+def test_ratarmount_is_not_asked_to_mount_a_tarball(
+    derived: dict[str, Image], tmp_path: Path
+) -> None:
+    results = measure_image(
+        derived["tiny-docker"],
+        Contenders(["ocifs"], True, "failed: not here", Path("/no/ratarmount"), "", True),
+        tmp_path,
+        Mounter(tmp_path / "mnt", tmp_path / "logs"),
+        {},
+    )
+    assert results["ratarmount"] == {"first_mount_s": FORMATS["docker-archive"].ratarmount}
+    assert results["ocifs"] == {"first_mount_s": "failed: not here"}
+    assert results["unpacked"] == {"first_mount_s": "skipped"}
+    assert isinstance(results["sha256"]["first_mount_s"], float)
+
+
+def test_report_rows_of_the_derived_formats(derived: dict[str, Image]) -> None:
+    def rows(name: str) -> dict[str, Row]:
+        return {row.key: row for row in rows_for(derived[name], ocifs_cached=True)}
+
+    zstd, chunked, docker = rows("tiny-zstd"), rows("tiny-chunked"), rows("tiny-docker")
+    first = zstd["first_mount_s"]
+    assert first.label == "first mount [s] (umoci: unpack; floor: zstd -dc)"
+    assert (first.floor, first.target) == ("zstd", "<= 1.0x zstd -dc")
+    assert verdict(first, 1.0, None, 2.0) == ("<= 1.0x zstd -dc: met", True)  # no ratarmount
+    assert verdict(first, 2.5, 9.0, 2.0)[1] is False
+    assert chunked["first_mount_s"].floor == "zstd"
+    assert (docker["first_mount_s"].floor, docker["first_mount_s"].target) == ("sha256", "")
+    median = "random_median_ms:etc/deep/big"
+    assert (zstd[median].target, chunked[median].target, docker[median].target) == (
+        "",
+        "< 2 ms",
+        "< 2 ms",
+    )
+    table = Table()
+    table.add(first, {"ocifs": {"first_mount_s": 3.0}, "zstd": {"first_mount_s": 2.0}})
+    assert table.lines[0][4:7] == ["2.00", "-", "1.50x"]
+    assert table.cell(FORMATS["docker-archive"].ratarmount, 1.0) == "n/a [1]"
+    assert image_heading("tiny-chunked", derived["tiny-chunked"].info).startswith(
+        "== tiny-chunked: 2 zstd:chunked layers, "
+    )
+    header = header_lines("2 cores", {}, {"tiny-docker": derived["tiny-docker"].info}, "")
+    assert header[2].endswith(
+        "bytes uncompressed (2 tar layers in a docker-archive tarball, from tiny by skopeo copy)"
+    )
+    legend = legend_lines(contenders(), derived)
+    assert legend[0].startswith(
+        "floor: gzip -dc for gzip, zstd -dc for zstd, zstd -dc for zstd:chunked, sha256 "
+        "(hashlib) for docker-archive, of every blob"
+    )
+    assert any(line.startswith("images named BASE-zstd") for line in legend)

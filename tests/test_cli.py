@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from archives import tar_tree
 from mounting import OCIFS, is_mounted, mounted, run_ocifs, unmount
 from tarbuild import f, make_tar
 
@@ -45,6 +46,25 @@ def test_progress_is_shown_on_a_terminal(layout: Path, tmp_path: Path) -> None:
             ["script", "-qefc", command, "/dev/null"], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stdout
+        assert "indexing 1 layer(s)" in result.stdout
+        assert (mountpoint / "hello").read_bytes() == b"hello\n"
+    finally:
+        unmount(mountpoint)
+
+
+def test_progress_is_shown_while_a_gzipped_archive_is_read(layout: Path, tmp_path: Path) -> None:
+    """A gzipped archive is inflated whole for its member table: that shows progress too."""
+    archive = tar_tree(layout, tmp_path / "img.tar.gz", gzipped=True)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    command = shlex.join([*OCIFS, "mount", f"{archive}:v1", str(mountpoint)])
+    try:
+        result = subprocess.run(
+            ["script", "-qefc", command, "/dev/null"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout
+        assert "ocifs: reading the archive" in result.stdout
+        assert "archive img.tar.gz:" in result.stdout
         assert "indexing 1 layer(s)" in result.stdout
         assert (mountpoint / "hello").read_bytes() == b"hello\n"
     finally:
