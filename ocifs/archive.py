@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .blobs import Blob, FileBlob, FileBlobHandle, NotAFile, Progress
-from .errors import CompressionError, LayoutError, TarFormatError
+from .errors import CompressionError, LayoutError, TarFormatError, show
 from .gzseek import DEFAULT_SPACING, GzipCursor, GzipIndexer, SeekPoints
 from .mediatypes import MAGIC_BYTES, Compression, sniff_compression
 from .tarscan import FILE, HARDLINK, SYMLINK, Readable, scan_tar
@@ -186,7 +186,7 @@ def _scan(stream: Readable, path: Path) -> dict[str, Member]:
         raw = _text(entry.path)
         name = member_name(raw)
         if name is None:
-            logger.debug("%s: member %r is outside the archive's root: ignored", path, raw)
+            logger.debug("%s: member %s is outside the archive's root: ignored", path, show(raw))
             continue
         link = None
         if entry.kind == SYMLINK:
@@ -285,7 +285,7 @@ class Archive:
             if member is None or member.kind not in (SYMLINK, HARDLINK):
                 return member
             key = member.link
-        logger.debug("%s: %r: more than %d links", self.path, name, MAX_LINKS)
+        logger.debug("%s: %s: more than %d links", self.path, show(name), MAX_LINKS)
         return None
 
     def blob(self, name: str) -> Blob | None:

@@ -4,9 +4,11 @@ A file is a preamble (magic, format version, header length, header SHA-256), a J
 (the file's kind, the machine's byte order, the caller's meta, and a table of sections) and
 the sections' bytes back to back, each with its own SHA-256 in the table. ``read_file``
 checks all of it and raises ``CacheMiss`` with the reason on anything short of a perfect
-file: missing, truncated, damaged, of another format version, kind or byte order, or of the
-wrong length. ``write_file`` goes through a temporary file renamed into place, so a reader
-sees either the old file or the new one, never half of one.
+file: missing, not a regular file of this user's (a FIFO, a symlink, a directory or a device
+in its place is never opened as a file, nor waited on: ``open_regular``), truncated, damaged,
+of another format version, kind or byte order, or of the wrong length. ``write_file`` goes
+through a temporary file renamed into place, so a reader sees either the old file or the new
+one, never half of one.
 
 The column helpers at the end turn typed arrays, strings and the few values kept as JSON
 into sections and back; what the sections mean is the business of whoever writes them.
@@ -24,14 +26,14 @@ import stat
 import struct
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"OCIFSIDX"
-FORMAT_VERSION = 2  # bump whenever the content or meaning of a cached file changes
+FORMAT_VERSION = 3  # bump whenever the content or meaning of a cached file changes
 PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header sha256
 
 
@@ -80,9 +82,7 @@ def read_file(
     group (the part of the name before the first dot) is ``wanted``. A section named in
     ``lazy`` is checked now but left on disk, as a ``FileSection``."""
     try:
-        with open(path, "rb") as source:
-            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-                raise CacheMiss(f"{path} is not a regular file")
+        with os.fdopen(open_regular(path), "rb") as source:
             preamble = source.read(PREAMBLE.size)
             if len(preamble) != PREAMBLE.size:
                 raise CacheMiss(f"{path} is truncated")
@@ -109,7 +109,8 @@ def read_file(
                     if name in lazy:  # checked now, read again when needed
                         if hash_stream(source, length) != digest:
                             raise CacheMiss(f"{path} is damaged (section {name})")
-                        sections[name] = FileSection(path, base + offset, length)
+                        section = FileSection(path, base + offset, length, os.dup(source.fileno()))
+                        sections[name] = section
                         continue
                     data = source.read(length)
                     if len(data) != length:
@@ -123,13 +124,50 @@ def read_file(
                     raise CacheMiss(f"{path} has the wrong length")
             except (KeyError, TypeError, ValueError) as error:
                 raise CacheMiss(f"{path} has a damaged header: {error}") from error
-    except FileNotFoundError:
-        raise CacheMiss(f"{path} does not exist") from None
     except OSError as error:
         raise CacheMiss(f"cannot read {path}: {error.strerror or error}") from error
     if not isinstance(meta, dict):
         raise CacheMiss(f"{path} has a damaged header")
     return meta, sections
+
+
+def open_regular(path: Path) -> int:
+    """A descriptor of ``path`` open for reading; CacheMiss unless it is a regular file that
+    this user owns. A FIFO, a device, a directory or a symlink put in the cache's place is
+    never opened as one, nor waited on: a FIFO would block open(2) until a writer came."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise CacheMiss(f"{path} does not exist") from None
+    if not stat.S_ISREG(before.st_mode):
+        raise CacheMiss(f"{path} is not a regular file (it is {file_kind(before.st_mode)})")
+    if before.st_uid != os.geteuid():
+        raise CacheMiss(f"{path} is owned by uid {before.st_uid}, not by this user")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    fd = os.open(path, flags)  # replaced since the lstat: it is the fstat that counts
+    found = os.fstat(fd)
+    if (found.st_dev, found.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)
+        raise CacheMiss(f"{path} was replaced while it was opened")
+    return fd
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``mode`` is, for a log line."""
+    for test, kind in FILE_KINDS:
+        if test(mode):
+            return kind
+    return "of an unknown kind"
+
+
+FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def hash_stream(source: BinaryIO, length: int) -> str | None:
@@ -153,8 +191,10 @@ class FileSection:
     killing the daemon with SIGBUS. A replaced file is no problem: the open one stays.
     """
 
-    def __init__(self, path: Path, start: int, length: int) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    def __init__(self, path: Path, start: int, length: int, fd: int | None = None) -> None:
+        """The section at ``start`` of ``path``: of the open file ``fd`` if given (which it
+        takes over), else of ``path`` opened again, if it is still a regular file of ours."""
+        self.fd = open_regular(path) if fd is None else fd
         self.start = start
         self.length = length
 

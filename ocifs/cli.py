@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import __version__, daemon
 from .blockcache import BLOCK_CACHE_BYTES
-from .errors import OcifsError
+from .errors import OcifsError, show
 from .image import Image, LoadReport, load_image
 from .imagearg import resolve_arg
 from .indexcache import IndexCache, default_cache_dir
@@ -125,18 +125,24 @@ def display_home(path: Path) -> str:
     return str(path).replace(os.path.expanduser("~"), "~", 1)
 
 
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+SIZE_MAX = 1 << 62  # more than any machine has; and int() of a long digit string is an error
+
+
 def parse_size(text: str) -> int:
-    """A byte count such as 4096, 64K, 64M or 1G (powers of 1024)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    """A byte count such as 4096, 64K, 64M or 1G (powers of 1024; KiB, MB and the like too);
+    argparse shows the error under its usage lines."""
     number = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = number[-1:] if number[-1:] in units else ""
-    try:
-        value = int(number[: len(number) - len(unit)]) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return value
+    unit = number[-1:] if number[-1:] in SIZE_UNITS else ""
+    digits = number[: len(number) - len(unit)]
+    if not digits.isdigit() or not digits.isascii():  # no sign, no fraction, no spaces inside
+        raise argparse.ArgumentTypeError(
+            f"invalid size {show(text)}: expected a number of bytes with an optional"
+            " K, M or G suffix (powers of 1024), like 64M"
+        )
+    if len(digits.lstrip("0")) > 19 or int(digits) * SIZE_UNITS[unit] > SIZE_MAX:
+        raise argparse.ArgumentTypeError(f"invalid size {show(text)}: over {SIZE_MAX >> 60} EiB")
+    return int(digits) * SIZE_UNITS[unit]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import faulthandler
 import gc
 import hashlib
@@ -21,6 +22,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -52,6 +54,9 @@ READAHEAD_KIB = 1024
 # libfuse accepts these at mount time, then ends the session at the kernel's INIT: the daemon
 # would be gone and the mount point dead.
 UNSUPPORTED_OPTIONS = {"max_read"}
+# What only root's mounts can have: for anyone else fusermount3 mounts nosuid,nodev whatever
+# -o says, and says nothing.
+ROOT_ONLY_OPTIONS = ("suid", "dev")
 
 
 # --- the log ---------------------------------------------------------------------------------
@@ -119,10 +124,34 @@ class LogFile(NamedTuple):
     fd: int
 
 
-def open_log_file(path: Path) -> int:
-    """The file descriptor of ``path`` opened for appending (created 0600 if missing)."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
-    return os.open(path, flags, LOG_FILE_MODE)
+def open_log_file(path: Path, own: bool = False) -> int:
+    """The file descriptor of ``path`` opened for appending (created 0600 if missing). The
+    open never waits: a FIFO no one reads is an error (ENXIO), not a hang. ``own``: the
+    default log, which must be a regular file of this user's (not a symlink, not a FIFO or a
+    directory put in its place); a ``--log-file`` may be anything that opens (/dev/null)."""
+    if own:
+        with contextlib.suppress(FileNotFoundError):
+            found = os.lstat(path)
+            if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+                raise OSError(errno.EPERM, "not a regular file of this user's")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    if own:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, LOG_FILE_MODE)
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # the one way O_NONBLOCK makes an open fail
+            raise OSError(errno.ENXIO, "a FIFO that no one reads") from None
+        raise
+    try:
+        found = os.fstat(fd)
+        if own and (not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid()):
+            raise OSError(errno.EPERM, "not a regular file of this user's")
+        os.set_blocking(fd, True)  # log lines wait for a slow reader rather than get lost
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_default_log(target: str) -> LogFile | None:
@@ -134,9 +163,10 @@ def open_default_log(target: str) -> LogFile | None:
         path = directory / name
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return LogFile(path, open_log_file(path))
+            return LogFile(path, open_log_file(path, own=True))
         except OSError as error:
             reasons.append(f"{path}: {error.strerror or error}")
+            logger.info("the daemon cannot log to %s", reasons[-1])
     logger.warning("the daemon will log nowhere: cannot write %s", "; ".join(reasons))
     return None
 
@@ -158,7 +188,8 @@ def open_log(requested: Path | None, target: str, foreground: bool) -> LogFile |
 
 
 def mount_options(image: str, extra: list[str]) -> set[str]:
-    """ro and default_permissions always; fsname names the image when it can be an option."""
+    """ro and default_permissions always; fsname names the image when it can be an option.
+    Asked for suid or dev by an ordinary user, says in one line that the mount will not be."""
     fsname = image if not any(c in image for c in ", \t\n\\") else "ocifs"
     options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=ocifs"}
     for group in extra:
@@ -167,6 +198,13 @@ def mount_options(image: str, extra: list[str]) -> set[str]:
     for option in options:
         if option.split("=", 1)[0] in UNSUPPORTED_OPTIONS:
             raise OcifsError(f"-o {option} is not supported by ocifs")
+    asked = [option for option in ROOT_ONLY_OPTIONS if option in options]
+    if asked and os.geteuid() != 0:
+        logger.warning(
+            "-o %s: only root can mount with %s; this mount is nosuid,nodev",
+            ",".join(asked),
+            " or ".join(asked),
+        )
     return options
 
 

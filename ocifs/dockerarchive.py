@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 
 from . import layout, refs, sources
 from .blobs import Blob
-from .errors import LayoutError
+from .errors import LayoutError, show
 from .layout import (
     LayerRef,
     Platform,
@@ -90,7 +90,7 @@ class _Entry:
     def shown(self) -> str:
         """How error messages list the image: its tags, or its ID."""
         if self.tags:
-            return ", ".join(repr(tag) for tag in self.tags)
+            return ", ".join(show(tag) for tag in self.tags)
         digest = self.named_digest()
         return f"@{digest}" if digest else f"image {self.number} (no RepoTags)"
 
@@ -142,10 +142,11 @@ def _select(
             _fail(f"{path}: empty ref after ':' ({shown})")
         matches = refs.match(ref, [(entry.tags, entry) for entry in entries])
         if not matches:
-            _fail(f"{where}: no image with ref {ref!r}; {shown}")
+            _fail(f"{where}: no image with ref {show(ref)}; {shown}")
         if len({entry.config for entry in matches}) > 1:
             _fail(
-                f"{where}: ref {ref!r} is ambiguous: it names {listing(e.shown() for e in matches)}"
+                f"{where}: ref {show(ref)} is ambiguous:"
+                f" it names {listing(e.shown() for e in matches)}"
             )
         return matches[0]
     if len({entry.config for entry in entries}) == 1:
@@ -159,7 +160,7 @@ def _config_digest(source: BlobSource, entry: _Entry, where: str) -> str:
 
 
 def _read_config(source: BlobSource, entry: _Entry, where: str) -> tuple[str, dict[str, Any]]:
-    what = f"{where} image {entry.number}: config {entry.config!r}"
+    what = f"{where} image {entry.number}: config {show(entry.config)}"
     found = sources.find(source, entry.config, what)
     if found is None:
         _fail(f"{what} is missing from the archive")
@@ -174,7 +175,7 @@ def _read_config(source: BlobSource, entry: _Entry, where: str) -> tuple[str, di
 
 
 def _layer(source: BlobSource, position: int, name: str, diff_id: str, what: str) -> LayerRef:
-    where = f"{what}: layer {position} ({name!r})"
+    where = f"{what}: layer {position} ({show(name)})"
     found = sources.find(source, name, where)
     if found is None:
         _fail(f"{where} is missing from the archive")

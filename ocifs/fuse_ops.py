@@ -20,9 +20,10 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from .errors import show
 from .image import Image
 from .layerread import DamagedLayer
-from .tree import Inode, show
+from .tree import Inode
 
 logger = logging.getLogger(__name__)
 

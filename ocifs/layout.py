@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 
 from . import refs, sources
 from .blobs import Blob
-from .errors import LayoutError
+from .errors import SHOW_MAX, LayoutError, show
 from .mediatypes import (
     CONFIG_TYPES,
     CONTAINERD_IMAGE_NAME,
@@ -132,7 +132,7 @@ class Platform:
         """Parse 'os/arch[/variant]'; raises LayoutError on anything else."""
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts) or any(p != p.strip() for p in parts):
-            raise LayoutError(f"invalid platform {text!r}: expected os/arch[/variant]")
+            raise LayoutError(f"invalid platform {show(text)}: expected os/arch[/variant]")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
     @classmethod
@@ -158,8 +158,11 @@ def _is_int(value: object) -> bool:
 
 
 def listing(items: Iterable[str]) -> str:
-    """'a, b, c' for an error message, capped at MAX_LISTED names, kept on one line."""
-    unique = list(dict.fromkeys(i if i.isprintable() else repr(i) for i in items))
+    """'a, b, c' for an error message, capped at MAX_LISTED names, kept on one line; a name
+    that is not printable, or too long, is quoted and shortened (``show``)."""
+    unique = list(
+        dict.fromkeys(i if i.isprintable() and len(i) <= 2 * SHOW_MAX else show(i) for i in items)
+    )
     shown = ", ".join(unique[:MAX_LISTED])
     if len(unique) > MAX_LISTED:
         shown += f", ... ({len(unique) - MAX_LISTED} more)"
@@ -171,7 +174,9 @@ def check_digest(value: object, what: str) -> str:
     if not isinstance(value, str):
         _fail(f"{what}: digest must be a string, got {type(value).__name__}")
     if not DIGEST_RE.fullmatch(value):
-        _fail(f"{what}: invalid digest {value!r} (expected sha256:<64 hex> or sha512:<128 hex>)")
+        _fail(
+            f"{what}: invalid digest {show(value)} (expected sha256:<64 hex> or sha512:<128 hex>)"
+        )
     return value
 
 
@@ -342,7 +347,7 @@ def _open_layout(source: BlobSource) -> list[_Descriptor]:
     version = oci_layout.get("imageLayoutVersion")
     if version != OCI_LAYOUT_VERSION:
         _fail(
-            f"{layout}/oci-layout: unsupported imageLayoutVersion {version!r} "
+            f"{layout}/oci-layout: unsupported imageLayoutVersion {show(version)} "
             f"(expected {OCI_LAYOUT_VERSION!r})"
         )
     where = f"{layout}/index.json"
@@ -352,7 +357,7 @@ def _open_layout(source: BlobSource) -> list[_Descriptor]:
     if media_type is not None and (
         not isinstance(media_type, str) or media_type not in INDEX_TYPES
     ):
-        _fail(f"{where}: mediaType {media_type!r} is not an image index")
+        _fail(f"{where}: mediaType {show(media_type)} is not an image index")
     return _parse_descriptor_list(index.get("manifests"), "manifests", where)
 
 
@@ -361,12 +366,12 @@ def _check_schema_version(document: dict[str, Any], what: str) -> None:
     if version == 1 and _is_int(version):
         _fail(f"{what}: Docker schema 1 manifests are unsupported (schemaVersion 1)")
     if not _is_int(version) or version != 2:
-        _fail(f"{what}: schemaVersion must be 2, got {version!r}")
+        _fail(f"{what}: schemaVersion must be 2, got {show(version)}")
 
 
 def _refs_text(descriptors: Sequence[_Descriptor]) -> str:
     names = [name for d in descriptors if (name := d.shown_name()) is not None]
-    return f"available refs: {listing(repr(r) for r in names)}" if names else "no refs are named"
+    return f"available refs: {listing(show(r) for r in names)}" if names else "no refs are named"
 
 
 def _select_top(
@@ -394,10 +399,10 @@ def _select_top(
             _fail(f"{layout}: empty ref after ':' ({_refs_text(entries)})")
         matches = refs.match(ref, [(e.names(), e) for e in entries])
         if not matches:
-            _fail(f"{where}: no image with ref {ref!r}; {_refs_text(entries)}")
+            _fail(f"{where}: no image with ref {show(ref)}; {_refs_text(entries)}")
         digests = {m.digest for m in matches}
         if len(digests) > 1:
-            _fail(f"{where}: ref {ref!r} is ambiguous: it names {listing(sorted(digests))}")
+            _fail(f"{where}: ref {show(ref)} is ambiguous: it names {listing(sorted(digests))}")
         return matches[0]
     if not entries:
         _fail(f"{where} lists no images")
@@ -424,7 +429,8 @@ def _kind(document: dict[str, Any], desc: _Descriptor, what: str) -> tuple[str, 
     _check_schema_version(document, what)
     if doc_type is not None and desc.media_type is not None and doc_type != desc.media_type:
         _fail(
-            f"{what}: descriptor says mediaType {desc.media_type!r}, the document says {doc_type!r}"
+            f"{what}: descriptor says mediaType {show(desc.media_type)},"
+            f" the document says {show(doc_type)}"
         )
     media_type = doc_type or desc.media_type
     if media_type is None:
@@ -436,7 +442,7 @@ def _kind(document: dict[str, Any], desc: _Descriptor, what: str) -> tuple[str, 
         return "manifest", media_type
     if media_type in INDEX_TYPES:
         return "index", media_type
-    _fail(f"{what}: unsupported mediaType {media_type!r} (not an image manifest or index)")
+    _fail(f"{what}: unsupported mediaType {show(media_type)} (not an image manifest or index)")
 
 
 def _variant_matches(want: Platform, entry_arch: str, entry_variant: str | None) -> bool:
@@ -518,7 +524,7 @@ def _check_config(
         _fail(f"{what}: no config descriptor")
     desc = _parse_descriptor(manifest["config"], f"{what} config")
     if desc.media_type not in CONFIG_TYPES:
-        _fail(f"{what}: not a container image (config mediaType {desc.media_type!r})")
+        _fail(f"{what}: not a container image (config mediaType {show(desc.media_type)})")
     config = _read_blob_json(source, desc, f"{source.path}: config")
     check_config(config, f"{source.path}: config {desc.digest}")
     return desc.digest, config
@@ -530,7 +536,7 @@ def check_config(config: dict[str, Any], where: str) -> None:
     if not isinstance(rootfs, dict):
         _fail(f"{where}: rootfs must be an object")
     if rootfs.get("type") != "layers":
-        _fail(f"{where}: rootfs.type must be 'layers', got {rootfs.get('type')!r}")
+        _fail(f"{where}: rootfs.type must be 'layers', got {show(rootfs.get('type'))}")
     diff_ids = rootfs.get("diff_ids")
     if not isinstance(diff_ids, list):
         _fail(f"{where}: rootfs.diff_ids must be a list")
@@ -542,10 +548,10 @@ def check_compression(media_type: str, name: str) -> Compression:
     """The compression of a layer media type ocifs serves; LayoutError naming the layer if
     it serves no such layer (R7)."""
     if media_type.endswith(ENCRYPTED_SUFFIX):
-        _fail(f"{name}: encrypted layers are unsupported (mediaType {media_type!r})")
+        _fail(f"{name}: encrypted layers are unsupported (mediaType {show(media_type)})")
     compression = LAYER_TYPES.get(media_type)
     if compression is None:
-        _fail(f"{name}: unsupported layer mediaType {media_type!r}")
+        _fail(f"{name}: unsupported layer mediaType {show(media_type)}")
     if not compression.supported:  # the one place support is decided (R7)
         _fail(f"{name}: {compression} layers ({media_type}) are not supported")
     return compression

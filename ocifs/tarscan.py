@@ -25,6 +25,10 @@ real member with every extension header folded in:
 * GNU sparse files: old GNU ``S`` headers and PAX sparse formats 0.0, 0.1 and 1.0, recognised
   by the same keys and versions as Go (an unknown version is a plain file).
 
+Each entry is then held to what Linux can make of it (``linuxlimits``: device numbers, paths
+and link targets within PATH_MAX, xattrs setxattr(2) would take: T4-T6), as the engines'
+system calls would hold it; xattrs the engines leave out (ENOTSUP) are left out too.
+
 The stream may end at a header boundary, right after a member's data or inside its padding,
 after one zero block, or after two zero blocks and anything at all (T1, T2). Each typeflag has
 its handler (``_HANDLERS``, after the scanner) and each PAX keyword its parser and field
@@ -35,12 +39,14 @@ problem, the byte offset of the header and the entry path when it is known.
 from __future__ import annotations
 
 import logging
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
-from ocifs.errors import TarFormatError
+from ocifs import linuxlimits
+from ocifs.errors import TarFormatError, show
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +74,17 @@ FIFO = "fifo"
 
 _LINKS = frozenset((HARDLINK, SYMLINK))  # the kinds that keep a link target
 _DEVICES = frozenset((CHARDEV, BLOCKDEV))  # the kinds that keep device numbers
+# The file type the kernel sees for each kind (xattr rules depend on it); a hardlink's is its
+# target's, unknown here.
+_FILE_TYPES = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    HARDLINK: 0,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+    FIFO: stat.S_IFIFO,
+}
 
 
 @dataclass(slots=True)
@@ -100,6 +117,7 @@ MAX_SPARSE_SEGMENTS = 1 << 21  # old GNU sparse map (header and extension blocks
 INT64_MAX = (1 << 63) - 1  # what Go's parsers accept; uid, gid and device numbers too
 MIN_MTIME_NS = -(1 << 63)  # mtimes are clamped to what st_mtime_ns (int64) can carry (T3)
 MAX_MTIME_NS = (1 << 63) - 1
+_LONG_PATH = linuxlimits.PATH_MAX - 1  # paths and link targets this long are measured
 
 # Numeric header fields that error messages name: name -> (start, end) in the header block.
 # The checksum (148, 156) has messages of its own.
@@ -138,14 +156,6 @@ _GNU_SPARSE_OFFSET = b"GNU.sparse.offset"
 _GNU_SPARSE_NUMBYTES = b"GNU.sparse.numbytes"
 # PAX keys whose value may hold no NUL (Go's validPAXRecord; other values are binary).
 _NO_NUL_VALUES = frozenset((b"path", b"linkpath", b"uname", b"gname"))
-
-
-def _show(path: bytes) -> str:
-    """A path for an error message: one line, quoted, shortened when very long."""
-    text = path.decode("utf-8", "backslashreplace")
-    if len(text) > 200:
-        text = text[:100] + "..." + text[-97:]
-    return repr(text)
 
 
 def _pad(size: int) -> int:
@@ -412,9 +422,9 @@ class _Scanner:
 
     def fail(self, problem: str, offset: int, path: bytes | None = None) -> NoReturn:
         if path is not None:
-            where = f" (entry {_show(path)})"
+            where = f" (entry {show(path)})"
         elif self.last_path is not None:
-            where = f" (after entry {_show(self.last_path)})"
+            where = f" (after entry {show(self.last_path)})"
         else:
             where = ""
         raise TarFormatError(f"{problem} at offset {offset}{where}")
@@ -534,10 +544,49 @@ class _Scanner:
             handler = handlers.get(block[156:157], _Scanner.unknown)
             entry = handler(self, block, offset, fields, fmt)
             if entry is not None:
+                if (  # what linux_limits could refuse; most entries are none of these
+                    entry.xattrs is not None
+                    or len(entry.path) >= _LONG_PATH
+                    or len(entry.linkname) >= _LONG_PATH
+                    or entry.kind in _DEVICES
+                ):
+                    self.linux_limits(entry)
                 if not self.pending.empty():
                     self.pending = _Pending()
                 self.last_path = entry.path
                 yield entry
+
+    def linux_limits(self, entry: TarEntry) -> None:
+        """Refuse what Linux cannot make of the entry, as the engines' system calls would
+        (T4-T6: ``linuxlimits``); leave out the xattrs they leave out, with a warning."""
+        offset, path = entry.header_offset, entry.path
+        problem = linuxlimits.path_problem(path, "path")
+        if problem is None and entry.kind == HARDLINK:
+            problem = linuxlimits.path_problem(entry.linkname, "hardlink target")
+        if problem is None and entry.kind == SYMLINK:
+            problem = linuxlimits.symlink_target_problem(entry.linkname)
+        if problem is None and entry.kind in _DEVICES:
+            problem = linuxlimits.device_problem(entry.devmajor, entry.devminor)
+        if problem is not None:
+            self.fail(problem, offset, path)
+        if entry.xattrs is None:
+            return
+        for name, reason, refused in linuxlimits.xattr_problems(
+            entry.xattrs, _FILE_TYPES[entry.kind]
+        ):
+            if refused:
+                self.fail(f"xattr {show(name)}: {reason}", offset, path)
+            logger.warning(
+                "tar stream: entry %s at offset %d: xattr %s left out: %s;"
+                " container engines leave it out too",
+                show(path),
+                offset,
+                show(name),
+                reason,
+            )
+            del entry.xattrs[name]
+        if not entry.xattrs:
+            entry.xattrs = None
 
     def end_blocks(self, offset: int) -> None:
         """The first zero block at ``offset``: one more and anything after (T2), or the end."""
@@ -1003,7 +1052,9 @@ def _pax_sparse_records(records: list[tuple[bytes, bytes]]) -> dict[bytes, bytes
     if (major, minor) in ((b"0", b"0"), (b"0", b"1"), (b"1", b"0")):
         return found
     if major or minor:
-        logger.info("GNU sparse format %r.%r is unknown: a plain file, as in Go", major, minor)
+        logger.info(
+            "GNU sparse format %s.%s is unknown: a plain file, as in Go", show(major), show(minor)
+        )
         return None
     return found if found.get(_GNU_SPARSE_MAP) else None
 

@@ -28,7 +28,7 @@ from .cachefile import (
     xattrs_from_json,
     xattrs_to_json,
 )
-from .errors import MergeError
+from .errors import MergeError, show
 from .tarscan import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, SYMLINK, TarEntry
 
 logger = logging.getLogger(__name__)
@@ -120,11 +120,6 @@ def split_path(raw: bytes) -> tuple[bytes, ...]:
             raise MergeError(f"path {show(raw)} has a component longer than {NAME_MAX} bytes")
         components.append(component)
     return tuple(components)
-
-
-def show(raw: bytes) -> str:
-    """A path as error messages print it: quoted, undecodable bytes escaped."""
-    return repr(raw.decode("utf-8", "backslashreplace"))
 
 
 @dataclass(frozen=True)

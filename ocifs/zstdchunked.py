@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .blobs import BlobHandle
-from .errors import CompressionError, LayerError
+from .errors import CompressionError, LayerError, show
 from .layout import LayerRef
 from .tarscan import TarEntry
 from .zstdseek import Frame, ZstdIndex, decompress
@@ -110,7 +110,9 @@ def annotation(annotations: dict[str, str], key: str) -> tuple[str, str] | None:
 def parse_position(name: str, value: str, fields: int) -> tuple[int, ...]:
     parts = value.split(":")
     if len(parts) != fields or not all(part.isdigit() for part in parts):
-        raise ChunkedError(f"annotation {name} is {value!r}, not {fields} numbers joined by ':'")
+        raise ChunkedError(
+            f"annotation {name} is {show(value)}, not {fields} numbers joined by ':'"
+        )
     return tuple(int(part) for part in parts)
 
 
@@ -157,7 +159,7 @@ class Checker:
             noted = Position(offset, length, uncompressed)
             if footer is not None and (noted != footer.toc or kind != footer.manifest_type):
                 raise ChunkedError(
-                    f"annotation {name} is {value!r}, the zstd:chunked footer says "
+                    f"annotation {name} is {show(value)}, the zstd:chunked footer says "
                     f"{footer.toc.offset}:{footer.toc.length}:{footer.toc.uncompressed}:"
                     f"{footer.manifest_type}"
                 )
@@ -183,7 +185,7 @@ class Checker:
             noted = Position(*parse_position(split_note[0], split_note[1], 3))
             if tar_split is not None and noted != tar_split:
                 raise ChunkedError(
-                    f"annotation {split_note[0]} is {split_note[1]!r}, the zstd:chunked footer "
+                    f"annotation {split_note[0]} is {show(split_note[1])}, the zstd:chunked footer "
                     f"says {tar_split.offset}:{tar_split.length}:{tar_split.uncompressed}"
                 )
             tar_split = noted
@@ -250,17 +252,18 @@ class Checker:
             if kind == "chunk":
                 if current is None or clean(name) != clean(current.path.decode("utf-8", "replace")):
                     raise ChunkedError(
-                        f"zstd:chunked TOC has a chunk of {name!r} after no such file"
+                        f"zstd:chunked TOC has a chunk of {show(name)} after no such file"
                     )
                 self.check_data(name, raw, current, int(raw.get("chunkOffset", 0)))
                 continue
             if kind not in TOC_KINDS:
-                raise ChunkedError(f"zstd:chunked TOC entry {name!r} has type {kind!r}")
+                raise ChunkedError(f"zstd:chunked TOC entry {show(name)} has type {show(kind)}")
             key = (clean(name), TOC_KINDS[kind])
             matches = stream.get(key, [])
             if seen[key] >= len(matches):
                 raise ChunkedError(
-                    f"zstd:chunked TOC lists {kind} {name!r}, which the tar stream does not hold"
+                    f"zstd:chunked TOC lists {kind} {show(name)},"
+                    " which the tar stream does not hold"
                 )
             current = matches[seen[key]]
             seen[key] += 1
@@ -269,7 +272,7 @@ class Checker:
                 size = raw.get("size", 0)
                 if size != current.size:
                     raise ChunkedError(
-                        f"zstd:chunked TOC gives {name!r} {size} bytes, "
+                        f"zstd:chunked TOC gives {show(name)} {show(size)} bytes, "
                         f"the tar stream {current.size}"
                     )
                 if size:
@@ -282,7 +285,7 @@ class Checker:
             )
             raise ChunkedError(
                 f"zstd:chunked TOC lists {count} entries, the tar stream holds "
-                f"{len(self.entries)} (such as {missing!r})"
+                f"{len(self.entries)} (such as {show(missing)})"
             )
         return count
 
@@ -294,13 +297,13 @@ class Checker:
         if decoded != entry.data_offset + chunk_offset:
             where = "no frame starts there" if decoded is None else f"its frame starts at {decoded}"
             raise ChunkedError(
-                f"zstd:chunked TOC puts the data of {name!r} (at {chunk_offset} in it) at blob "
-                f"offset {offset}, but {where} in the tar stream and the data is at "
+                f"zstd:chunked TOC puts the data of {show(name)} (at {chunk_offset} in it) at blob "
+                f"offset {show(offset)}, but {where} in the tar stream and the data is at "
                 f"{entry.data_offset + chunk_offset}"
             )
         if end is not None and end not in self.frame_starts:
             raise ChunkedError(
-                f"zstd:chunked TOC ends the data of {name!r} at blob offset {end}, "
+                f"zstd:chunked TOC ends the data of {show(name)} at blob offset {show(end)}, "
                 "where no frame starts"
             )
 

@@ -4,7 +4,8 @@ Each case writes a small layout that is wrong in exactly one way (JSON and blobs
 where the defect is in a digest, so that only the tested check can fire), runs
 ``ocifs mount`` and asserts: a non-zero exit, exactly one non-empty line on stderr that carries
 the key facts (the ref asked and the refs present, the layer index and digest, the entry name),
-no traceback, and nothing mounted. Ids: B1-B5, R2, R3, R5, R7, R9, R10, W7, P2, P3, H3, M10.
+no traceback, and nothing mounted. Ids: B1-B5, R2, R3, R5, R7-R10, W7, P2, P3, H3, M10, T4-T6,
+X1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -441,6 +443,144 @@ def test_tar_helpers_are_sane() -> None:
     tar = make_tar([f("first", b"1" * 100)], fmt=tarfile.USTAR_FORMAT)
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         assert [m.name for m in t] == ["first"]
+
+
+# --- what Linux cannot carry (T4, T5, T6) and names too long to quote (B1-B5) ---------------
+
+LONG = 300_000  # bytes of the names a fuzzer put where a name goes
+
+
+def short_line(line: str) -> None:
+    """The line quotes the long name by its ends and its length, and stays short."""
+    assert f"({LONG} bytes)" in line or f"({LONG + 1} bytes)" in line, line[:500]
+    assert "…" in line and len(line) < 600, len(line)
+
+
+def test_b4_t4_a_300_kb_entry_name_is_one_short_line(tmp_path: Path) -> None:
+    """B4 T4: an entry whose name is 300 KB (a PAX path) fails the layer as longer than
+    PATH_MAX, and the one line quotes the name by its start and end, saying how long it was
+    (it used to quote all 300 KB)."""
+    name = "n" * (LONG - 4) + "/end"
+    layout, top = two_layers(tmp_path / "layout", make_tar([f(name, b"x")]))
+    line = mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], "PATH_MAX")
+    short_line(line)
+    assert "'nnnnnnnnnn" in line and "nnnn/end'" in line
+
+
+def long_json_layout(root: Path, where: str) -> Layout:
+    """A layout with a 300 KB string where a ref, a media type or a digest goes."""
+    layout = Layout(root)
+    layer = layout.layer(GOOD_TAR)
+    if where == "ref":
+        layout.image([layer], ref="r" * LONG)
+        layout.image([layout.layer(make_tar([f("b")]))], ref="other")
+    elif where == "mediaType":
+        layout.image([({**layer[0], "mediaType": "m" * LONG}, layer[1])])
+    else:
+        layout.image([({**layer[0], "digest": "sha256:" + "d" * (LONG - 7)}, layer[1])])
+    return layout
+
+
+@pytest.mark.parametrize("where", ["ref", "mediaType", "digest"])
+def test_b1_300_kb_strings_in_json_are_one_short_line(tmp_path: Path, where: str) -> None:
+    """B1 R3 R7 R8: a 300 KB ref name (listed among the refs present), media type or digest
+    is quoted by its ends and its length."""
+    layout = long_json_layout(tmp_path / "layout", where)
+    short_line(mount_fails(tmp_path, f"{layout.root}:nope" if where == "ref" else str(layout.root)))
+
+
+def test_x1_a_300_kb_member_name_in_manifest_json_is_one_short_line(tmp_path: Path) -> None:
+    """X1 B1: a docker-archive whose manifest.json names a 300 KB config member."""
+    manifest = json.dumps([{"Config": "c" * LONG, "RepoTags": ["a:1"], "Layers": []}]).encode()
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    short_line(mount_fails(tmp_path, f"{archive}:a:1", "is missing from the archive"))
+
+
+@pytest.mark.parametrize(
+    "member,shown",
+    [
+        (Member("dev/big", "char", devmajor=1 << 40), "1099511627776:0"),  # GNU base-256
+        (Member("dev/major", "block", devmajor=4096), "4096:0"),
+        (Member("dev/minor", "char", devminor=1 << 20), "0:1048576"),
+    ],
+    ids=["base256-major", "octal-major", "octal-minor"],
+)
+def test_t5_device_numbers_beyond_linux_fail_the_mount(
+    tmp_path: Path, member: Member, shown: str
+) -> None:
+    """T5 B4: a device number Linux cannot carry fails the layer while it is indexed (it
+    used to mount and fail later), naming the layer, the entry and the number."""
+    tar = make_tar([member], fmt=tarfile.GNU_FORMAT)
+    layout, top = two_layers(tmp_path / "layout", tar)
+    mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], member.name, shown)
+
+
+def test_t4_an_entry_100_000_directories_deep_fails_the_mount(tmp_path: Path) -> None:
+    """T4 B4: one entry 100,000 directories deep (a 200 KB path) is refused, in one line."""
+    layout, top = two_layers(tmp_path / "layout", make_tar([f("d/" * 100_000 + "f")]))
+    line = mount_fails(tmp_path, f"{layout.root}:latest", "layer 1", "200002 bytes long")
+    assert top["digest"] in line and len(line) < 600
+
+
+ACL_GOOD = struct.pack("<IHHIHHIHHI", 2, 1, 6, 0, 4, 4, 0, 0x20, 4, 0)
+
+
+def xattr(name: str, value: bytes) -> dict[str, str]:
+    return {f"SCHILY.xattr.{name}": value.decode("utf-8", "surrogateescape")}
+
+
+@pytest.mark.parametrize(
+    "name,value,fragment",
+    [
+        ("user." + "n" * 251, b"v", "a name of 256 bytes, over 255 (ERANGE)"),
+        ("user.big", b"v" * 65537, "a value of 65537 bytes, over 65536 (E2BIG)"),
+        ("system.posix_acl_access", ACL_GOOD[:-8], "an ACL the kernel refuses"),
+        ("system.posix_acl_access", b"\x02\x00\x00", "shorter than its header"),
+        ("security.capability", b"\x00\x00\x00\x02" + bytes(8), "not a file capability"),
+    ],
+    ids=["name-over-255", "value-over-64k", "acl-invalid", "acl-short", "capability-invalid"],
+)
+def test_t6_xattrs_the_kernel_refuses_fail_the_mount(
+    tmp_path: Path, name: str, value: bytes, fragment: str
+) -> None:
+    """T6 B4: an xattr setxattr(2) refuses fails the layer, as it fails the layer when a
+    container engine applies it (these used to be served and fail getxattr/listxattr)."""
+    tar = make_tar([f("etc/file", b"x", pax=xattr(name, value))])
+    layout, top = two_layers(tmp_path / "layout", tar)
+    shown = name if len(name) < 100 else name[:50]
+    mount_fails(
+        tmp_path, f"{layout.root}:latest", "layer 1", top["digest"], "etc/file", shown, fragment
+    )
+
+
+@pytest.mark.fuse
+def test_t6_xattrs_the_engines_leave_out_are_left_out_of_the_mount(tmp_path: Path) -> None:
+    """T6 A7 A3: a name in no namespace Linux handles is left out, with one warning line,
+    as containerd leaves it out (ENOTSUP); LIBARCHIVE.xattr.%00 (which made listxattr fail
+    with EIO) is ignored as by Go; the largest device number Linux carries is served."""
+    members = [
+        f("odd", b"x", pax={**xattr("foo.bar", b"1"), **xattr("user.kept", b"2")}),
+        f("libarchive", b"y", pax={"LIBARCHIVE.xattr.%00": "AA"}),
+        Member("dev/largest", "char", devmajor=4095, devminor=(1 << 20) - 1),
+    ]
+    layout, _ = two_layers(tmp_path / "layout", make_tar(members, fmt=tarfile.PAX_FORMAT))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_ocifs("mount", f"{layout.root}:latest", str(mountpoint))
+    try:
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.rstrip("\n").split("\n")
+        assert len(lines) == 1 and "xattr 'foo.bar' left out" in lines[0], result.stderr
+        assert os.listxattr(mountpoint / "odd") == ["user.kept"]
+        assert os.listxattr(mountpoint / "libarchive") == []
+        rdev = os.lstat(mountpoint / "dev/largest").st_rdev
+        assert (os.major(rdev), os.minor(rdev)) == (4095, (1 << 20) - 1)
+    finally:
+        unmount(mountpoint)
 
 
 # --- the command line -------------------------------------------------------------------------

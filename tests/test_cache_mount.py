@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from impostors import KINDS, put_in_place
 from mounting import OCIFS, is_mounted, mounted, run_ocifs, unmount
 from tarbuild import d, f, make_tar
 
@@ -126,13 +127,48 @@ def test_damaged_cache_file_is_rebuilt_by_the_next_mount(layout: Path, tmp_path:
     assert "0 indexed, 2 from the cache" in result.stdout
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_impostor_in_place_of_any_cache_file_is_a_miss(
+    layout: Path, tmp_path: Path, kind: str
+) -> None:
+    """A FIFO in place of an index-cache file made ``ocifs index`` and ``ocifs mount`` wait
+    forever in open(2). With a FIFO, a symlink (to a good copy), a directory or another
+    user's file in place of every file of the cache (layers/, trees/ and an archive's table
+    in archives/), both finish, index every layer again, and the mount reads right."""
+    if kind == "other-uid" and os.geteuid() != 0:
+        pytest.skip("needs root to give the files away")
+    archive = tmp_path / "image.tar"  # an oci-archive, so that archives/ has a file too
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(layout), "."], check=True)
+    cache = tmp_path / "cache"
+    assert run_ocifs("index", "--cache-dir", str(cache), f"{archive}:v1").returncode == 0
+    names = cache_files(cache)
+    assert [n.split("/")[0] for n in names] == ["archives", "layers", "layers", "trees"]
+
+    def replace_all() -> None:
+        for name in names:
+            put_in_place(cache / name, kind)
+
+    replace_all()
+    result = run_ocifs("index", "--cache-dir", str(cache), f"{archive}:v1", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "2 layer(s), 2 indexed, 0 from the cache" in result.stdout
+    assert "Traceback" not in result.stderr
+    replace_all()
+    with mounted(f"{archive}:v1", tmp_path / "mnt", "--cache-dir", str(cache)) as mnt:
+        assert (mnt / "data/one").read_bytes() == b"one\n"
+    if kind != "directory":  # a directory in the way stays; the others were replaced
+        for name in names:
+            assert (cache / name).is_file() and not (cache / name).is_symlink()
+            assert (cache / name).stat().st_uid == os.geteuid()
+
+
 def test_read_cache_size_option(layout: Path, tmp_path: Path, payload: bytes) -> None:
     """A tiny read cache still reads right; a bad size is a usage error, one line."""
     with mounted(f"{layout}:v1", tmp_path / "mnt", "--read-cache", "256K") as mnt:
         assert (mnt / "data/big").read_bytes() == payload
     bad = run_ocifs("mount", "--read-cache", "lots", f"{layout}:v1", str(tmp_path))
     assert bad.returncode == 2
-    assert "not a size: 'lots'" in bad.stderr
+    assert "invalid size 'lots': expected a number of bytes" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 

@@ -6,12 +6,14 @@ import array
 import hashlib
 import json
 import os
+import re
 import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from impostors import KINDS, no_hang, put_in_place
 
 from ocifs.cachefile import (
     FORMAT_VERSION,
@@ -209,10 +211,43 @@ def test_header_that_hashes_right_but_makes_no_sense_is_refused(
 def test_missing_file_directory_and_device_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CacheMiss, match="does not exist"):
         read_file(tmp_path / "absent", "thing", None)
-    with pytest.raises(CacheMiss, match=r"cannot read .*: Is a directory"):
+    with pytest.raises(CacheMiss, match=r"is not a regular file \(it is a directory\)"):
         read_file(tmp_path, "thing", None)
-    with pytest.raises(CacheMiss, match="/dev/null is not a regular file"):
+    with pytest.raises(CacheMiss, match=r"/dev/null is not a regular file \(it is a character"):
         read_file(Path("/dev/null"), "thing", None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_anything_but_a_regular_file_of_ours_is_a_miss_at_once(tmp_path: Path, kind: str) -> None:
+    """A FIFO in a cache file's place made read_file block forever in open(2); a symlink, a
+    directory and a file of another uid are misses too (the cache is rebuilt, not trusted).
+    Each is refused without waiting, from the main thread (a hang fails the test by its
+    alarm), and so is a lazy section's reopening (FileSection)."""
+    if kind == "other-uid" and os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    path = written(tmp_path)
+    put_in_place(path, kind)
+    reasons = {
+        "fifo": "is not a regular file (it is a FIFO)",
+        "symlink": "is not a regular file (it is a symlink)",
+        "directory": "is not a regular file (it is a directory)",
+        "other-uid": "is owned by uid 65534, not by this user",
+    }
+    with no_hang("read_file"):
+        with pytest.raises(CacheMiss) as info:
+            read_file(path, "thing", None, lazy=frozenset({"two.big"}))
+        assert str(info.value) == f"{path} {reasons[kind]}"
+        with pytest.raises(CacheMiss, match=re.escape(reasons[kind])):
+            FileSection(path, 0, 10)
+
+
+def test_a_lazy_section_reads_the_file_that_was_checked(tmp_path: Path) -> None:
+    """The section keeps the descriptor read_file checked: a file renamed over the path
+    afterwards (another mount's rebuild) changes nothing it reads."""
+    path = written(tmp_path)
+    _, sections = read_file(path, "thing", None, lazy=frozenset({"two.big"}))
+    write_file(path, "thing", META, {**SECTIONS, "two.big": b"x" * len(SECTIONS["two.big"])})
+    assert bytes(sections["two.big"]) == SECTIONS["two.big"]
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(

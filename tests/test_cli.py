@@ -1,8 +1,9 @@
-"""The command line around the mount: progress on a terminal only, umount, usage errors, and
-the daemon's log (where it is, what an EIO writes in it)."""
+"""The command line around the mount: progress on a terminal only, umount, usage errors (sizes
+among them), and the daemon's log (where it is, what an EIO writes in it)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import pty
 import random
@@ -20,6 +21,7 @@ from mounting import OCIFS, is_mounted, mounted, run_ocifs, unmount
 from tarbuild import f, make_tar
 
 from ocifs import daemon
+from ocifs.cli import parse_size
 from ocifs.ocibuild import LayoutWriter, host_platform
 
 pytestmark = pytest.mark.fuse  # these tests mount: see conftest
@@ -116,6 +118,41 @@ def test_usage_errors_exit_2_without_traceback() -> None:
     result = subprocess.run([*OCIFS, "mount"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+SIZE_HINT = (
+    "expected a number of bytes with an optional K, M or G suffix (powers of 1024), like 64M"
+)
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "1T", "", "1.5G", "6 4M", "+64M", "0x40"])
+def test_a_bad_read_cache_size_says_what_a_size_looks_like(value: str, tmp_path: Path) -> None:
+    """--read-cache, the one size option: argparse's usage block, then one line that says
+    what was given and what a size looks like; nothing is resolved or mounted."""
+    result = subprocess.run(
+        [*OCIFS, "mount", "--read-cache", value, "nowhere:v1", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert lines[0].startswith("usage: ocifs mount") and "Traceback" not in result.stderr
+    assert lines[-1] == (
+        f"ocifs mount: error: argument --read-cache: invalid size {value!r}: {SIZE_HINT}"
+    )
+
+
+def test_sizes_that_parse() -> None:
+    """Plain bytes, K/M/G in powers of 1024, in any case, with B or iB after; a number too
+    big for any machine is refused with the same kind of line."""
+    assert parse_size("4096") == 4096
+    assert parse_size("64M") == parse_size("64m") == parse_size("64MiB") == parse_size("64MB")
+    assert parse_size(" 1g ") == 1 << 30 and parse_size("0") == 0 and parse_size("2k") == 2048
+    assert parse_size("4294967296G") == 1 << 62
+    with pytest.raises(argparse.ArgumentTypeError, match=r"invalid size '4294967297G': over 4"):
+        parse_size("4294967297G")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"\(5000 bytes\): over 4 EiB"):
+        parse_size("9" * 5000)  # int() alone would fail on so many digits
 
 
 def daemon_pids(mountpoint: Path) -> list[int]:

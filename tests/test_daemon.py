@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from impostors import KINDS, no_hang, put_in_place
 
 from ocifs import daemon
 from ocifs.errors import OcifsError
@@ -124,6 +125,46 @@ def test_log_file_option_and_foreground(tmp_path: Path, private_log_dir: Path) -
     assert not private_log_dir.exists()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_impostor_in_the_default_logs_place_is_passed_over(
+    kind: str, private_log_dir: Path, private_index_cache: Path
+) -> None:
+    """A FIFO where the default log goes made the open wait forever for a reader; it, a
+    symlink, a directory and another user's file are passed over for the cache dir's log."""
+    if kind == "other-uid" and os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    private_log_dir.mkdir(parents=True)
+    put_in_place(private_log_dir / "mnt-img.log", kind)
+    with no_hang("open_log"):
+        opened = daemon.open_log(None, "/mnt/img", foreground=False)
+    assert opened is not None
+    os.close(opened.fd)
+    assert opened.path == private_index_cache / "mnt-img.log"
+    assert opened.path.is_file() and not opened.path.is_symlink()
+
+
+def test_a_log_file_option_naming_a_fifo_or_a_device(tmp_path: Path) -> None:
+    """--log-file may name what the user wants, /dev/null or a FIFO someone reads, but a FIFO
+    no one reads is one line, at once, not a hang."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with no_hang("open_log"), pytest.raises(OcifsError) as info:
+        daemon.open_log(fifo, "/mnt/img", foreground=False)
+    assert str(info.value) == f"cannot open log file {fifo}: a FIFO that no one reads"
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        opened = daemon.open_log(fifo, "/mnt/img", foreground=False)
+        assert opened is not None and os.get_blocking(opened.fd)
+        os.write(opened.fd, b"line\n")
+        os.close(opened.fd)
+        assert os.read(reader, 100) == b"line\n"
+    finally:
+        os.close(reader)
+    opened = daemon.open_log(Path("/dev/null"), "/mnt/img", foreground=False)
+    assert opened is not None
+    os.close(opened.fd)
+
+
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ocifs\[\d+\] (\w+) ([\w.]+): (.*)")
 
 
@@ -189,6 +230,26 @@ def test_mount_options() -> None:
     assert "fsname=ocifs" in daemon.mount_options("/a dir,with comma:v1", [])
     with pytest.raises(OcifsError, match="-o max_read=4096 is not supported"):
         daemon.mount_options("x", ["ro,max_read=4096"])
+
+
+def test_suid_and_dev_of_an_ordinary_user_are_said_not_to_be(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """-o suid,dev as an ordinary user: fusermount3 mounts nosuid,nodev without a word, so
+    ocifs says so, in one line; root gets them, and no line."""
+    with caplog.at_level(logging.WARNING, logger="ocifs.daemon"):
+        monkeypatch.setattr(daemon.os, "geteuid", lambda: 0)
+        daemon.mount_options("x", ["suid,dev"])
+        assert caplog.records == []
+        monkeypatch.setattr(daemon.os, "geteuid", lambda: 1000)
+        daemon.mount_options("x", ["allow_other"])
+        assert caplog.records == []
+        daemon.mount_options("x", ["suid", "dev,allow_other"])
+        daemon.mount_options("x", ["dev"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "-o suid,dev: only root can mount with suid or dev; this mount is nosuid,nodev",
+        "-o dev: only root can mount with dev; this mount is nosuid,nodev",
+    ]
 
 
 class FakeImage:

@@ -836,6 +836,55 @@ def mount_as_nobody() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody")
+def test_non_root_suid_dev_is_said_to_be_nosuid_nodev() -> None:
+    """An ordinary user's -o suid,dev: fusermount3 mounts nosuid,nodev and says nothing;
+    ocifs says so in one line on stderr, and the mount works."""
+    workdir = Path(tempfile.mkdtemp(prefix="ocifs-nonroot-", dir="/tmp"))
+    mountpoint = workdir / "mnt"
+    try:
+        workdir.chmod(0o755)
+        writer = LayoutWriter(workdir / "layout")
+        layers = [writer.add_layer(make_tar([f("su", b"#!/bin/sh\n", mode=0o4755)]), "gzip")]
+        writer.add_image(layers, ref="latest", platform=host_platform())
+        writer.save()
+        mountpoint.mkdir()
+        for path in [workdir, *workdir.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+        env = {"PATH": os.environ["PATH"], "HOME": str(workdir), "LANG": "C.UTF-8"}
+        image = f"{workdir}/layout:latest"
+        with dev_fuse_mode(0o666):
+            result = subprocess.run(
+                [*AS_NOBODY, *OCIFS, "mount", "-o", "suid,dev", image, str(mountpoint)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                cwd="/",
+            )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == (
+            "ocifs: -o suid,dev: only root can mount with suid or dev; this mount is nosuid,nodev\n"
+        )
+        options = [
+            line.split()[3].split(",")
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1] == str(mountpoint)
+        ]
+        assert len(options) == 1 and {"nosuid", "nodev"} <= set(options[0])
+        shown = subprocess.run(
+            [*AS_NOBODY, "stat", "-c", "%a", str(mountpoint / "su")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.stdout == "4755\n"  # the bit is served; the mount only does not honour it
+    finally:
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def test_python_is_usable_by_nobody() -> None:
     """Guard for the non-root test: the interpreter running ocifs is reachable by nobody."""
     if os.geteuid() != 0:

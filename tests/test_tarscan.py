@@ -13,6 +13,7 @@ import io
 import os
 import random
 import shutil
+import struct
 import subprocess
 import tarfile
 from collections.abc import Callable
@@ -525,7 +526,7 @@ def test_a7_libarchive_xattr_records_ignored_as_by_go() -> None:
 
 def test_pax_size_and_device_records() -> None:
     """PAX size sets the data size; SCHILY.devmajor/devminor are ignored, as by Go (the
-    device numbers come from the header, whose octal fields hold any Linux dev_t)."""
+    device numbers come from the header, whose fields hold any Linux dev_t: T5)."""
     archive = (
         pax([(b"SCHILY.devmajor", b"300"), (b"SCHILY.devminor", b"70000")])
         + header(b"dev/x", typeflag=b"3", devmajor=1, devminor=2)
@@ -848,9 +849,10 @@ def test_b4_oversized_extension_headers() -> None:
     big = tarscan.MAX_SPECIAL + 1
     expect_error(header(b"././@LongLink", typeflag=b"L", size=big) + END, "long name", "1048577")
     expect_error(header(b"././@LongLink", typeflag=b"K", size=big) + END, "long link")
-    ok = member(b"././@LongLink", b"n" * (tarscan.MAX_SPECIAL - 1) + b"\x00", typeflag=b"L")
+    name = b"./" * (tarscan.MAX_SPECIAL // 2 - 1) + b"n"  # clean, it is "/n": within PATH_MAX
+    ok = member(b"././@LongLink", name + b"\x00", typeflag=b"L")
     (entry,) = scan(ok + member(b"x") + END)
-    assert entry.path == b"n" * (tarscan.MAX_SPECIAL - 1)
+    assert entry.path == name and len(name) == tarscan.MAX_SPECIAL - 1
     expect_error(header(b"p", typeflag=b"x", size=big) + END, "PAX header of 1048577 bytes")
     expect_error(header(b"p", typeflag=b"g", size=big) + END, "PAX header")
     (entry,) = scan(pax([(b"comment", b"c" * (tarscan.MAX_SPECIAL - 20))]) + member(b"f") + END)
@@ -1599,3 +1601,207 @@ def test_plain_numbers_agree_with_the_slow_path() -> None:
             taken += 1
             assert list(numbers) == [tarscan._number(block[s:e]) for s, e in spans]
     assert taken > 1000  # the fast path was exercised, not just refused
+
+
+# -- what Linux can carry (T4, T5, T6: linuxlimits) ------------------------------------------
+
+
+def base256(value: int, length: int = 8) -> bytes:
+    """A GNU base-256 header number (the marker bit, then big-endian)."""
+    return bytes([0x80]) + value.to_bytes(length - 1, "big")
+
+
+@pytest.mark.parametrize(
+    "typeflag,fields,shown",
+    [
+        (b"3", {"devmajor": 4096}, "4096:0"),  # 7 octal digits carry up to 2097151
+        (b"4", {"devminor": 1 << 20}, "0:1048576"),
+        (b"3", {"raw": {329: base256(1 << 40)}}, "1099511627776:0"),  # GNU base-256
+        (b"4", {"raw": {337: base256(1 << 32)}}, "0:4294967296"),
+    ],
+    ids=["major-octal", "minor-octal", "major-base256", "minor-base256"],
+)
+def test_t5_device_numbers_beyond_linux_are_refused(
+    typeflag: bytes, fields: dict[str, object], shown: str
+) -> None:
+    """T5 B4: a device number Linux's dev_t cannot carry (major over 4095, minor over
+    1048575) fails the layer while it is indexed, naming the entry and the number, in a
+    ustar octal field and in GNU base-256 alike."""
+    archive = member(b"ok") + header(b"dev/big", typeflag=typeflag, **fields) + END  # type: ignore[arg-type]
+    message = expect_error(archive, f"device number {shown}", "(entry 'dev/big')", "offset 512")
+    assert "major 0-4095, minor 0-1048575" in message
+
+
+def test_t5_largest_device_numbers_and_ignored_fields() -> None:
+    """T5: 4095:1048575 is carried; device fields of what is no device are ignored whatever
+    they hold; SCHILY.devmajor of 2^40 is ignored (as by Go) and the header's numbers stand."""
+    archive = (
+        header(b"dev/max", typeflag=b"3", devmajor=4095, devminor=(1 << 20) - 1)
+        + member(b"file", raw={329: base256(1 << 40)})
+        + pax([(b"SCHILY.devmajor", str(1 << 40).encode())])
+        + header(b"dev/pax", typeflag=b"4", devmajor=8, devminor=1)
+        + END
+    )
+    largest, file, dev = scan(archive)
+    assert (largest.devmajor, largest.devminor) == (4095, (1 << 20) - 1)
+    assert (file.kind, file.devmajor, file.devminor) == (FILE, 0, 0)
+    assert (dev.kind, dev.devmajor, dev.devminor) == (BLOCKDEV, 8, 1)
+
+
+def long_name_member(name: bytes, **kw: object) -> bytes:
+    """A GNU long name (as tarfile writes names over 100 bytes) and its entry."""
+    return member(b"././@LongLink", name + b"\x00", typeflag=b"L") + header(b"x", **kw)  # type: ignore[arg-type]
+
+
+def test_t4_paths_over_path_max_are_refused() -> None:
+    """T4 B4: a path whose clean form (/ and its components) does not fit in PATH_MAX (4096
+    bytes with its NUL) fails the layer, and the message quotes the name shortened; 4095
+    bytes are read. A single entry 100,000 directories deep is a 200 KB path."""
+    component = b"c" * 254
+    fits = b"/".join([component] * 16) + b"/" + b"f" * 14  # clean: 16 * 255 + 15 = 4095
+    (entry,) = scan(long_name_member(fits) + END)
+    assert entry.path == fits and len(b"/" + fits) == 4095
+    message = expect_error(
+        long_name_member(fits + b"g") + END, "path is 4096 bytes long (clean, from /)"
+    )
+    assert "over PATH_MAX (4096 bytes with its NUL)" in message
+    deep = b"d/" * 100_000 + b"f"
+    message = expect_error(long_name_member(deep) + END, "path is 200002 bytes long")
+    assert "'d/d/d/d/d/" in message and "(200001 bytes)" in message and len(message) < 300
+
+
+def test_t4_long_names_that_clean_up_short_are_read() -> None:
+    """T4: the clean path counts: `./` runs, doubled slashes and `a/..` pairs are not part of
+    it (containerd joins the clean path to its root), so such a name is read."""
+    for name in (b"./" * 3000 + b"f", b"a//" * 2000 + b"f", b"a/../" * 1000 + b"f"):
+        (entry,) = scan(long_name_member(name) + END)
+        assert entry.path == name
+
+
+def test_t4_link_targets_over_path_max_are_refused() -> None:
+    """T4 B4: a symlink whose target text is over 4095 bytes (symlink(2) refuses it:
+    ENAMETOOLONG), and a hardlink whose target path is, fail the layer; 4095 is read."""
+    fits = b"t" * 4095
+    archive = member(b"././@LongLink", fits + b"\x00", typeflag=b"K") + header(b"l", typeflag=b"2")
+    (link,) = scan(archive + END)
+    assert (link.kind, link.linkname) == (SYMLINK, fits)
+    too_long = member(b"././@LongLink", fits + b"t\x00", typeflag=b"K")
+    expect_error(too_long + header(b"l", typeflag=b"2") + END, "symlink target of 4096 bytes")
+    target = b"x/" * 2048
+    archive = member(b"././@LongLink", target + b"\x00", typeflag=b"K") + header(
+        b"h", typeflag=b"1"
+    )
+    expect_error(archive + END, "hardlink target is 4096 bytes long", "(entry 'h')")
+
+
+def xattr_archive(
+    name: bytes, value: bytes, typeflag: bytes = b"0", linkname: bytes = b""
+) -> bytes:
+    return (
+        pax([(b"SCHILY.xattr." + name, value)])
+        + header(b"e", typeflag=typeflag, linkname=linkname)
+        + END
+    )
+
+
+ACL_GOOD = struct.pack("<IHHIHHIHHI", 2, 1, 6, 0, 4, 4, 0, 0x20, 4, 0)  # u::rw- g::r-- o::r--
+
+
+@pytest.mark.parametrize(
+    "name,value,typeflag,fragment",
+    [
+        (b"user." + b"n" * 251, b"v", b"0", "a name of 256 bytes, over 255 (ERANGE)"),
+        (b"user.big", b"v" * 65537, b"0", "a value of 65537 bytes, over 65536 (E2BIG)"),
+        (b"system.posix_acl_access", b"\x02\x00", b"0", "shorter than its header (EINVAL)"),
+        (b"system.posix_acl_access", ACL_GOOD + b"\x00", b"0", "no whole number of entries"),
+        (b"system.posix_acl_access", ACL_GOOD[:-8], b"0", "lacks user::, group:: or other::"),
+        (b"system.posix_acl_default", ACL_GOOD, b"0", "a default ACL on what is not a dir"),
+        (b"security.capability", CAPABILITY[:12], b"0", "12 bytes, magic 0x02000001"),
+        (b"security.capability", b"\x00\x00\x00\x01" + bytes(8), b"0", "12 bytes, magic"),
+        (b"user.x", b"v", b"2", "a user.* attribute on what is not a file or a directory"),
+        (b"user.", b"v", b"0", "no name after the namespace (EINVAL)"),
+    ],
+    ids=[
+        "long-name",
+        "big-value",
+        "acl-short",
+        "acl-ragged",
+        "acl-no-other",
+        "default-acl-on-file",
+        "capability-short",
+        "capability-v1",
+        "user-on-symlink",
+        "bare-namespace",
+    ],
+)
+def test_t6_xattrs_the_kernel_refuses_fail_the_layer(
+    name: bytes, value: bytes, typeflag: bytes, fragment: str
+) -> None:
+    """T6 B4: an xattr setxattr(2) refuses (as it refuses it when an engine applies the
+    layer, failing the layer) fails the scan, naming the entry and the attribute."""
+    message = expect_error(xattr_archive(name, value, typeflag, b"t"), "(entry 'e')", fragment)
+    assert f"xattr {tarscan.show(name)}:" in message
+
+
+def test_t6_a_nul_in_an_xattr_name_is_refused_as_a_pax_key() -> None:
+    """T6 B4: SCHILY.xattr.user.a\\0b would be two names; the PAX key holding a NUL is refused
+    before it becomes one (as by Go). LIBARCHIVE.xattr.%00 is ignored, as by Go."""
+    expect_error(xattr_archive(b"user.a\x00b", b"v"), "NUL byte in the key of the PAX record")
+    (entry,) = scan(pax([(b"LIBARCHIVE.xattr.%00", b"AA")]) + member(b"f") + END)
+    assert entry.xattrs is None
+
+
+def test_t6_xattrs_the_engines_leave_out_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    """T6: a name in no namespace Linux handles, an ACL of another version, an ACL on a
+    symlink: setxattr fails with ENOTSUP, which containerd, Docker and podman ignore; the
+    attribute is left out with a warning naming it, the others of the entry stay."""
+    acl_v3 = b"\x03" + ACL_GOOD[1:]
+    archive = (
+        pax([(b"SCHILY.xattr.foo.bar", b"1"), (b"SCHILY.xattr.user.kept", b"2")])
+        + member(b"f")
+        + pax([(b"SCHILY.xattr.system.nfs4_acl", b"x")])
+        + member(b"g")
+        + pax([(b"SCHILY.xattr.system.posix_acl_access", acl_v3)])
+        + member(b"h")
+        + pax([(b"SCHILY.xattr.system.posix_acl_access", ACL_GOOD)])
+        + header(b"l", typeflag=b"2", linkname=b"f")
+        + END
+    )
+    with caplog.at_level("WARNING", logger="ocifs.tarscan"):
+        f, g, h, link = scan(archive)
+    assert f.xattrs == {b"user.kept": b"2"}
+    assert (g.xattrs, h.xattrs, link.xattrs) == (None, None, None)
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(left_out) == 4
+    assert "xattr 'foo.bar' left out: a namespace Linux has no handler for" in left_out[0]
+    assert "an ACL of version 3, not 2 (EOPNOTSUPP)" in left_out[2]
+    assert "entry 'l'" in left_out[3] and "an ACL on a symlink" in left_out[3]
+
+
+def test_t6_xattrs_the_kernel_takes_are_kept() -> None:
+    """T6 A7: what setxattr takes stays byte for byte: a 255-byte name, a 65536-byte value,
+    empty values, a valid ACL (on a file, a default one on a directory), v2 and v3 file
+    capabilities, trusted.* and security.* names, user.* on a hardlink (its target decides)."""
+    cap_v3 = struct.pack("<IIIIII", 0x03000000, 1 << 13, 0, 0, 0, 1000)
+    records = [
+        (b"user." + b"n" * 250, b"v"),
+        (b"user.big", b"v" * 65536),
+        (b"user.empty", b""),
+        (b"system.posix_acl_access", ACL_GOOD),
+        (b"security.capability", cap_v3),
+        (b"trusted.overlay.x", b"y"),
+        (b"security.selinux", b"system_u:object_r:bin_t:s0"),
+    ]
+    archive = (
+        pax([(b"SCHILY.xattr." + k, v) for k, v in records])
+        + member(b"f")
+        + pax([(b"SCHILY.xattr.system.posix_acl_default", ACL_GOOD)])
+        + header(b"d/", typeflag=b"5")
+        + pax([(b"SCHILY.xattr.security.capability", b""), (b"SCHILY.xattr.user.h", b"1")])
+        + header(b"h", typeflag=b"1", linkname=b"f")
+        + END
+    )
+    f, d, h = scan(archive)
+    assert f.xattrs == dict(records)
+    assert d.xattrs == {b"system.posix_acl_default": ACL_GOOD}
+    assert h.xattrs == {b"security.capability": b"", b"user.h": b"1"}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
 
-from ocifs.errors import MergeError
+from ocifs.errors import MergeError, show
 from ocifs.tarscan import scan_tar
 from ocifs.tree import (
     CHILD_COLUMNS,
@@ -433,3 +433,35 @@ def test_damaged_sections_do_not_decode(
     cannot give a tree whose lookups run out of bounds."""
     with pytest.raises(error, match=message):
         damaged(edit)
+
+
+def test_b5_long_names_in_merge_errors_are_quoted_short() -> None:
+    """B5 H3 P3: a merge error quotes the names it is about by their ends and their length,
+    never whole (a 4000-byte hardlink target, a 300-byte component): errors.show."""
+    target = "t/" * 1999 + "x"  # 3999 bytes: within PATH_MAX, so the merge is what refuses it
+    with pytest.raises(MergeError) as info:
+        merge([link("l", target)])
+    message = str(info.value)
+    assert message.startswith("hardlink 'l' points to 't/t/t/") and "(3999 bytes)" in message
+    assert message.endswith("t/t/x' (3999 bytes), which does not exist") and len(message) < 200
+    with pytest.raises(MergeError) as info:
+        merge([f("d/" + "c" * 300)])
+    assert "(302 bytes) has a component longer than 255 bytes" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value,shown",
+    [
+        (b"etc/passwd", "'etc/passwd'"),
+        (b"bad\xff\nname", "'bad\\\\xff\\nname'"),  # one line, undecodable bytes escaped
+        ("a" * 120, repr("a" * 120)),  # up to 120 characters: whole
+        (b"a" * 60 + b"z" * 61, "'" + "a" * 50 + "…" + "z" * 50 + "' (121 bytes)"),
+        ("é" * 200, "'" + "é" * 50 + "…" + "é" * 50 + "' (400 bytes)"),  # bytes, not characters
+        (["x"] * 100, "['x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x',… 'x', 'x', "),  # JSON
+        (None, "None"),
+    ],
+)
+def test_show_keeps_a_name_on_one_short_line(value: object, shown: str) -> None:
+    """How every message quotes a name or value from the image (errors.show)."""
+    assert show(value).startswith(shown), show(value)
+    assert "\n" not in show(value) and len(show(value)) < 140
