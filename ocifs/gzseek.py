@@ -32,7 +32,10 @@ from .errors import CompressionError
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPACING = 1 << 20
-CHUNK = 1 << 20  # blob bytes read at once by the indexer, and at most by a cursor
+CHUNK = 1 << 20  # blob bytes read at once by the indexer
+# ... and at most by a cursor, which keeps what it read until decoded: a live cursor of every
+# layer holds one, so they add up (1 MiB read at once was no faster: a read is a copy).
+CURSOR_CHUNK = 256 << 10
 OUT_SIZE = 1 << 20  # the indexer's output buffer
 FIRST_CURSOR_CHUNK = 64 << 10  # a cursor's first read: most cursors read only a little
 SCRATCH_SIZE = 256 << 10  # where skip() inflates to
@@ -580,7 +583,7 @@ class GzipCursor:
         if not data:
             raise CompressionError("gzip stream is truncated")
         self.input_offset += len(data)
-        self.chunk = min(self.chunk * 2, CHUNK)
+        self.chunk = min(self.chunk * 2, CURSOR_CHUNK)
         inflater.set_input(data)
 
     def _next_member(self, inflater: Inflater, done: int) -> None:

@@ -24,7 +24,7 @@ from .errors import LayerError, MergeError
 from .gzseek import DEFAULT_SPACING
 from .indexcache import IndexCache
 from .layerindex import LayerIndex, index_layer
-from .layerread import LayerReader, open_reader
+from .layerread import CursorBudget, LayerReader, open_reader
 from .layout import LayerRef, ResolvedImage
 from .prefetch import PREFETCH_WORKERS, InflatePool, cache_share
 from .tree import Inode, MergedTree, TreeBuilder
@@ -124,10 +124,11 @@ def load_image(
     logger.info("%d layers, %d inodes", len(layers), len(tree))
     blocks = BlockCache(block_cache_bytes)  # one bound on decompressed data, for all layers
     pool = InflatePool(PREFETCH_WORKERS, cache_share(blocks))  # one bound on prefetch, too
+    budget = CursorBudget()  # and one on the live cursors' memory
     readers: list[LayerReader] = []
     try:
         for layer, index in zip(layers, indexes, strict=True):
-            readers.append(open_reader(layer, index.points, blocks, pool, index.blocks))
+            readers.append(open_reader(layer, index.points, blocks, pool, index.blocks, budget))
     except BaseException:
         for reader in readers:
             reader.close()

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
+from . import gzseek, zstdseek
 from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
 from .blockcheck import BlockMismatch, BlockSums
@@ -38,10 +39,18 @@ logger = logging.getLogger(__name__)
 
 MAX_CURSORS = 4  # live inflaters per layer: sequential readers of a few files at once
 KEPT_BEHIND = 4 << 20  # zstd: the passed blocks cached, before the one read
-# zstd: live cursors per layer, as many as their windows fit in this (a layer of one long
+# zstd: live cursors per layer, as many as the image's budget holds (a layer of one long
 # frame is read by the cursor nearest before each offset: more cursors, shorter decodes).
-ZSTD_CURSOR_MEMORY = 32 << 20
 ZSTD_MAX_CURSORS = 16
+# What the live cursors of all the layers of an image may hold together (CursorBudget):
+# 16 one-frame cursors of a zstd layer (2 MiB windows) held 40 MiB, and every layer had its own
+# 32 MiB; the rest of the daemon under load fits in about 40 MiB beside the read cache.
+CURSOR_MEMORY = 24 << 20
+# What one cursor holds: its input (CURSOR_CHUNK), its output scratch, and zlib's window and
+# state, or libzstd's context (window aside: its block and literal buffers, measured with
+# ZSTD_sizeof_DCtx at 450 KiB over the window).
+GZIP_CURSOR_BYTES = gzseek.CURSOR_CHUNK + gzseek.SCRATCH_SIZE + gzseek.WINDOW_SIZE + (8 << 10)
+ZSTD_CONTEXT_BYTES = zstdseek.CURSOR_CHUNK + zstdseek.SCRATCH_SIZE + (450 << 10)
 
 
 class DamagedLayer(OSError):
@@ -82,8 +91,10 @@ class TarLayerReader:
         cache: BlockCache,
         pool: InflatePool | None,
         blocks: BlockSums | None = None,
+        budget: CursorBudget | None = None,
     ) -> TarLayerReader:
-        """Its row in READERS: the blob is read as it is, without points, cache or pool."""
+        """Its row in READERS: the blob is read as it is, without points, cache, pool or
+        cursors."""
         return cls(layer, blocks)
 
     def pread(self, offset: int, size: int) -> bytes:
@@ -131,6 +142,37 @@ class TarLayerReader:
         self.blob.close()
 
 
+class CursorBudget:
+    """The memory the live cursors of all the layers of an image hold together, bounded.
+
+    Each reader says what its cursors hold whenever it keeps one more or one fewer. A reader
+    that takes the image over the limit asks the others to give back cursors, those holding
+    most first; one that is inflating just then keeps its own (it is never waited for), and
+    the reader over the limit then gives back its own least recently used ones, down to the
+    one it is using. Never held while a reader's lock is waited for.
+    """
+
+    def __init__(self, limit: int = CURSOR_MEMORY) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.held: dict[SeekableLayerReader, int] = {}
+
+    def hold(self, reader: SeekableLayerReader, size: int) -> int:
+        """Record that ``reader``'s cursors hold ``size`` bytes; how far the image is over."""
+        with self.lock:
+            if size:
+                self.held[reader] = size
+            else:
+                self.held.pop(reader, None)
+            return sum(self.held.values()) - self.limit
+
+    def others(self, reader: SeekableLayerReader) -> list[SeekableLayerReader]:
+        """The other readers holding cursors, those holding most first."""
+        with self.lock:
+            held = sorted(self.held.items(), key=lambda item: -item[1])
+        return [other for other, _ in held if other is not reader]
+
+
 class SeekableLayerReader:
     """A compressed layer read through its seek points, a few live cursors and prefetch jobs:
     gzip (``GzipLayerReader``) and zstd (``ZstdLayerReader``) differ in their cursors only.
@@ -156,6 +198,7 @@ class SeekableLayerReader:
         cache: BlockCache,
         pool: InflatePool | None = None,
         blocks: BlockSums | None = None,
+        budget: CursorBudget | None = None,
     ) -> None:
         self.layer = layer
         self.points = points
@@ -167,6 +210,9 @@ class SeekableLayerReader:
         self.lock = threading.Lock()  # the foreground cursors
         self.cursors: list[Cursor] = []  # most recently used last
         self.max_cursors = MAX_CURSORS
+        self.cursor_bytes = GZIP_CURSOR_BYTES  # what one cursor holds, about
+        # Without the image's, the reader's own: the same bound for this layer alone.
+        self.budget = budget if budget is not None else CursorBudget()
         # Without a pool, nothing is inflated ahead of the reads.
         self.prefetcher = Prefetcher(
             layer, self.blob, points, cache, pool, self.open_cursor, blocks
@@ -184,11 +230,12 @@ class SeekableLayerReader:
         cache: BlockCache,
         pool: InflatePool | None,
         blocks: BlockSums | None = None,
+        budget: CursorBudget | None = None,
     ) -> SeekableLayerReader:
         """Its row in READERS: such a layer cannot be read without its seek points."""
         if points is None:
             raise LayerError(f"{layer.describe()}: {layer.compression} layer without seek points")
-        return cls(layer, points, cache, pool, blocks)
+        return cls(layer, points, cache, pool, blocks, budget)
 
     @property
     def size(self) -> int:
@@ -321,12 +368,45 @@ class SeekableLayerReader:
         else:
             self.cursors.remove(best)
         self.cursors.append(best)
+        self._within_budget()
         return best, opened
+
+    def _within_budget(self) -> None:
+        """Give back cursors while the image's hold more than its budget: the other layers'
+        first, then this one's, least recently used first, never the one in use (the last).
+        Called under ``self.lock``."""
+        over = self.budget.hold(self, len(self.cursors) * self.cursor_bytes)
+        if over <= 0:
+            return
+        for other in self.budget.others(self):
+            if other.shed() and self.budget.hold(self, len(self.cursors) * self.cursor_bytes) <= 0:
+                return
+        while len(self.cursors) > 1 and over > 0:
+            self.cursors.pop(0).close()
+            over = self.budget.hold(self, len(self.cursors) * self.cursor_bytes)
+
+    def shed(self) -> bool:
+        """Close this layer's least recently used cursors while the image is over its budget;
+        nothing if the layer is being read just now (its lock is never waited for, so two
+        readers asking each other cannot deadlock). Whether any was closed."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            closed = False
+            over = self.budget.hold(self, len(self.cursors) * self.cursor_bytes)
+            while self.cursors and over > 0:
+                self.cursors.pop(0).close()
+                closed = True
+                over = self.budget.hold(self, len(self.cursors) * self.cursor_bytes)
+            return closed
+        finally:
+            self.lock.release()
 
     def _drop(self, cursor: Cursor) -> None:
         cursor.close()
         if cursor in self.cursors:
             self.cursors.remove(cursor)
+            self.budget.hold(self, len(self.cursors) * self.cursor_bytes)
 
     def close(self) -> None:
         self.prefetcher.close()  # its jobs use the blob handle: they have stopped once it returns
@@ -334,6 +414,7 @@ class SeekableLayerReader:
             for cursor in self.cursors:
                 cursor.close()
             self.cursors.clear()
+            self.budget.hold(self, 0)
             self.blob.close()
 
 
@@ -359,11 +440,12 @@ class ZstdLayerReader(SeekableLayerReader):
         cache: BlockCache,
         pool: InflatePool | None = None,
         blocks: BlockSums | None = None,
+        budget: CursorBudget | None = None,
     ) -> None:
-        super().__init__(layer, points, cache, pool, blocks)
-        window = frame_window(self.blob, points.compressed[0])
-        fit = ZSTD_CURSOR_MEMORY // window if window else 0
-        self.max_cursors = max(MAX_CURSORS, min(ZSTD_MAX_CURSORS, fit))
+        super().__init__(layer, points, cache, pool, blocks, budget)
+        self.cursor_bytes = frame_window(self.blob, points.compressed[0]) + ZSTD_CONTEXT_BYTES
+        fit = self.budget.limit // self.cursor_bytes
+        self.max_cursors = max(1, min(ZSTD_MAX_CURSORS, fit))
 
     def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
         return ZstdCursor(blob, points, index)
@@ -371,7 +453,15 @@ class ZstdLayerReader(SeekableLayerReader):
 
 # What open_reader calls for a layer stored each way: one row per compression ocifs reads.
 OpenReader = Callable[
-    [LayerRef, SeekPoints | None, BlockCache, InflatePool | None, BlockSums | None], LayerReader
+    [
+        LayerRef,
+        SeekPoints | None,
+        BlockCache,
+        InflatePool | None,
+        BlockSums | None,
+        CursorBudget | None,
+    ],
+    LayerReader,
 ]
 READERS: dict[Compression, OpenReader] = {
     Compression.NONE: TarLayerReader.open,
@@ -386,14 +476,16 @@ def open_reader(
     cache: BlockCache,
     pool: InflatePool | None = None,
     blocks: BlockSums | None = None,
+    budget: CursorBudget | None = None,
 ) -> LayerReader:
     """A reader for an indexed layer; raises LayerError if its blob cannot be opened.
 
-    ``cache`` and ``pool`` are the image's, shared by its layers; without a pool nothing is
-    prefetched. ``blocks`` are the index's block sums: every block is checked against them
-    (without, as for an index built with ``--no-verify``, nothing is)."""
+    ``cache``, ``pool`` and ``budget`` are the image's, shared by its layers; without a pool
+    nothing is prefetched, without a budget the reader has one of its own. ``blocks`` are the
+    index's block sums: every block is checked against them (without, as for an index built
+    with ``--no-verify``, nothing is)."""
     open_layer = READERS[layer.compression]  # resolve refused the compressions not listed
     try:
-        return open_layer(layer, points, cache, pool, blocks)
+        return open_layer(layer, points, cache, pool, blocks, budget)
     except OSError as error:
         raise LayerError(f"{layer.describe()}: cannot open blob: {error.strerror}") from error

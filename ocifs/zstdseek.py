@@ -37,7 +37,10 @@ from .gzseek import SeekPoints
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20  # blob bytes read at once by the indexer, and at most by a cursor
+CHUNK = 1 << 20  # blob bytes read at once by the indexer
+# ... and at most by a cursor, which keeps what it read until decoded: a live cursor of every
+# layer holds one, so they add up (1 MiB read at once was no faster: a read is a copy).
+CURSOR_CHUNK = 256 << 10
 OUT_SIZE = 1 << 20  # the indexer's output buffer
 FIRST_CURSOR_CHUNK = 64 << 10  # a cursor's first read: most cursors read only a little
 SCRATCH_SIZE = 256 << 10  # the least a cursor decodes into (skip() too)
@@ -757,7 +760,7 @@ class ZstdCursor:
         if not data:
             raise CompressionError("zstd stream is truncated")
         self.input_offset += len(data)
-        self.chunk = min(self.chunk * 2, CHUNK)
+        self.chunk = min(self.chunk * 2, CURSOR_CHUNK)
         decoder.set_input(data)
 
     def _damaged(self, decoder: Decoder, reason: str) -> CompressionError:

@@ -20,8 +20,9 @@ from ocifs.errors import LayerError
 from ocifs.gzseek import SeekPoints
 from ocifs.indexcache import IndexCache
 from ocifs.layerread import (
+    CURSOR_MEMORY,
     KEPT_BEHIND,
-    ZSTD_CURSOR_MEMORY,
+    ZSTD_CONTEXT_BYTES,
     DamagedLayer,
     ZstdLayerReader,
     open_reader,
@@ -190,16 +191,17 @@ def test_open_reader_refuses_a_zstd_layer_without_seek_points(tmp_path: Path) ->
         open_reader(layer, None, BlockCache())
 
 
-@pytest.mark.parametrize("level, cursors", [("-1", 16), ("-19", 4)])
+@pytest.mark.parametrize("level, cursors", [("-1", 16), ("-19", 2)])
 def test_z2_live_cursors_as_many_as_their_windows_allow(
     tmp_path: Path, level: str, cursors: int
 ) -> None:
     """A layer of one frame keeps more live cursors when its window is small (zstd -1: 512
-    KiB) than when it is large (zstd -19: 8 MiB): ZSTD_CURSOR_MEMORY bounds them all."""
+    KiB) than when it is large (zstd -19: 8 MiB): CURSOR_MEMORY bounds them all."""
     tar = make_tar([f("a", text_blocks(1 << 20, 49))])
     layer = blob_layer(tmp_path, tar, "zstd", blob=zstd_bytes(tar, level))
     indexed = indexed_layer(layer)
     with open_layer(indexed) as reader:
         assert isinstance(reader, ZstdLayerReader)
         assert reader.max_cursors == cursors
-        assert cursors * frame_window(reader.blob, 0) <= ZSTD_CURSOR_MEMORY or cursors == 4
+        assert reader.cursor_bytes == frame_window(reader.blob, 0) + ZSTD_CONTEXT_BYTES
+        assert cursors * reader.cursor_bytes <= CURSOR_MEMORY
