@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 from . import hostpaths
 from . import mutations as mu
 from .classify import CLEAN, KNOWN, ORDER, Outcome, classify
-from .runner import REPO, Case, CaseSpec, Settings, plan_case, remove_case_dir
+from .runner import REPO, Case, CaseSpec, Observation, Settings, plan_case, remove_case_dir
 
 logger = logging.getLogger("fuzz")
 
@@ -116,7 +117,12 @@ def run_one(
     if case_dir.exists():
         remove_case_dir(case_dir)
     case = Case(spec, run_dir, case_dir, settings)
-    built, observation = case.run()
+    try:
+        built, observation = case.run()
+    except Exception:  # the fuzzer's own bug: counted, kept, and the run goes on
+        logger.exception("case %d: the fuzzer failed", number)
+        trace = traceback.format_exc()[-2000:]
+        return case, Outcome("fuzzer-error", {"fuzzer-error": [trace]}), Observation([])
     return case, classify(spec, built, observation), observation
 
 

@@ -170,8 +170,12 @@ class Builder:
     ) -> T:
         for planned in self.plan:
             if planned.stage == stage and planned.target == target:
+                where = f"{stage} {list(target)} {planned.name}"
+                if stage == "json" and isinstance(value, bytes):  # a raw mutation came first
+                    self.notes.append(f"{where}: not applied to a document written raw")
+                    continue
                 value, note = table[planned.name].apply(random.Random(planned.seed), value)
-                self.notes.append(f"{stage} {list(target)} {planned.name}: {note}")
+                self.notes.append(f"{where}: {note}")
         return value
 
     def described(

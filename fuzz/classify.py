@@ -2,6 +2,7 @@
 
 The classes, most severe first (``SEVERITY``):
 
+* ``fuzzer-error``: the fuzzer itself failed on the case (its bug, kept like any other).
 * ``host-path``: a host path outside the case was named or opened by ocifs (strace), a
   canary changed, or a canary's bytes came out of the mount.
 * ``wrong-bytes``: a read gave bytes that are in no layer stream, a pread disagreed with the
@@ -39,6 +40,7 @@ from .runner import CaseSpec, Observation
 
 MESSAGE_MAX = 1000  # characters: a longer error line quotes too much
 SEVERITY = [
+    "fuzzer-error",  # the fuzzer's own bug, not ocifs's: the case could not be run
     "host-path",
     "wrong-bytes",
     "wrong-tree",
@@ -59,6 +61,7 @@ KNOWN = {
     "path-over-path-max": "a path longer than PATH_MAX (4,096 bytes) is accepted",
     "long-message": f"an error line over {MESSAGE_MAX} characters (names quoted in full)",
     "size-option-message": "a bad --read-cache value's line does not say what a size looks like",
+    "live-damage-served": "a blob overwritten under a live mount: reads give wrong bytes, no EIO",
 }
 CLEAN = ["store-symlink-followed", "refused", "mounted"]
 ORDER = [*SEVERITY, *KNOWN, *CLEAN]
@@ -105,6 +108,7 @@ class Classifier:
         self.built = built
         self.obs = observation
         self.classes: dict[str, list[str]] = {}
+        self.live = any(p.stage == "live" for p in spec.plan)  # a blob damaged under the mount
 
     def add(self, name: str, reason: str) -> None:
         self.classes.setdefault(name, []).append(reason[:500])
@@ -205,7 +209,7 @@ class Classifier:
                 "traceback" if obs.exit_code == 1 else "crash", f"the daemon exited {obs.exit_code}"
             )
         for record in log_records(obs.log):
-            if " ERROR ocifs.fuse_ops: EIO: read of " in record:
+            if " ERROR ocifs.fuse_ops: EIO: read of " in record and not self.live:
                 self.add("read-eio", record.split(": ", 1)[-1])
         walk = obs.walk
         if walk is not None:
@@ -214,8 +218,11 @@ class Classifier:
                 name = path.rsplit("/", 1)[-1]
                 if name in SERVED_MEANS:
                     self.add(SERVED_MEANS[name], f"{path!r} is served: {entry}")
-            if self.built.trees and not self.classes.keys() - {"mounted"}:
-                self.compare_tree(walk["entries"])
+            if self.built.trees and not self.classes.keys() - {"mounted", "live-damage-served"}:
+                failed = {
+                    p["path"] for p in walk["problems"] if p["detail"].startswith(("read", "pread"))
+                }
+                self.compare_tree(walk["entries"], failed)
         if not self.classes:
             self.add("mounted", f"{len((walk or {}).get('entries', {}))} entries")
 
@@ -226,7 +233,7 @@ class Classifier:
             if kind == "leak":
                 self.add("host-path", where)
             elif kind in ("wrong-bytes", "short-read", "inconsistent"):
-                self.add("wrong-bytes", where)
+                self.add("live-damage-served" if self.live else "wrong-bytes", where)
             elif kind == "long-path":
                 self.add("path-over-path-max", where)
             elif kind == "errno" and "ENOTCONN" in detail:
@@ -234,7 +241,8 @@ class Classifier:
             elif kind == "errno" and XATTR_ERRORS.match(detail):
                 self.add("xattr-kernel-rejects", where)
             elif kind == "errno" and detail.startswith(("read", "pread")) and "EIO" in detail:
-                self.add("read-eio", where)
+                if not self.live:  # EIO is what a read of damaged bytes must give (V1)
+                    self.add("read-eio", where)
             elif (
                 kind == "errno"
                 and detail.startswith("lstat")
@@ -244,33 +252,38 @@ class Classifier:
             elif kind != "deep":
                 self.add("walk-error", where)
 
-    def compare_tree(self, entries: dict[str, dict[str, Any]]) -> None:
+    def compare_tree(self, entries: dict[str, dict[str, Any]], failed_reads: set[str]) -> None:
         best: list[str] | None = None
         for tree in self.built.trees:
             differences = tree_differences(tree, entries)
+            if self.live:  # damaged files may fail to read (EIO), and that is right
+                differences = [d for d in differences if d.split("\x00")[0] not in failed_reads]
             if not differences:
                 return
             if best is None or len(differences) < len(best):
                 best = differences
-        self.add("wrong-tree", "; ".join((best or [])[:5]))
+        contents = all(d.split("\x00")[1].startswith("sha256") for d in best or [])
+        name = "live-damage-served" if self.live and contents else "wrong-tree"
+        self.add(name, "; ".join(d.replace("\x00", " ") for d in (best or [])[:5]))
 
 
 def tree_differences(
     expected: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]]
 ) -> list[str]:
+    """What differs, each as PATH NUL WHAT (the path first, so it can be picked out)."""
     out = []
     for path in sorted(expected.keys() | got.keys()):
         want, have = expected.get(path), got.get(path)
         if want is None:
-            out.append(f"{path!r} not expected")
+            out.append(f"{path}\x00not expected")
         elif have is None:
-            out.append(f"{path!r} missing")
+            out.append(f"{path}\x00missing")
         else:
             for key in sorted(want.keys() | have.keys()):
                 if key == "mtime" and path == "":
                     continue
                 if want.get(key) != have.get(key):
-                    out.append(f"{path!r} {key}: want {want.get(key)!r}, got {have.get(key)!r}")
+                    out.append(f"{path}\x00{key}: want {want.get(key)!r}, got {have.get(key)!r}")
     return out
 
 

@@ -20,6 +20,8 @@ built:
   of the layout, to another blob, to themselves), missing, directories, fifos, empty.
 * ``cache``: the index cache after a first ``ocifs index``: files flipped, truncated, swapped,
   or replaced by a fifo, a symlink, a directory.
+* ``live``: a blob overwritten in place under the live mount, before the walk reads it (V1:
+  every read must then give the image's bytes or EIO).
 * ``options``: the command line: --read-cache, --platform, -o values.
 
 Every digest, diff_id and size above a mutated stage is recomputed by ``build`` unless the
@@ -1093,6 +1095,34 @@ def cache_damage(rng: random.Random, cache: Path) -> tuple[Path, str]:
 CACHE: dict[str, Mutator[Path]] = {"damage": Mutator(1, cache_damage)}
 
 
+# --- the store under a live mount -----------------------------------------------------------
+
+
+def live_damage(rng: random.Random, store: Path) -> tuple[Path, str]:
+    """Overwrite a few bytes of a blob in place (same size, same inode), as a stray write or
+    a failing disk would, once the image is mounted and before anything is read."""
+    files = (
+        [store]
+        if store.is_file()
+        else sorted(p for p in store.rglob("*") if p.is_file() and not p.is_symlink())
+    )
+    big = [p for p in files if p.stat().st_size > 4096] or files
+    path = rng.choice(big)
+    size = path.stat().st_size
+    offset = rng.randrange(size)
+    length = min(rng.choice([1, 8, 64]), size - offset)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        old = path.read_bytes()[offset : offset + length]
+        os.pwrite(fd, bytes(b ^ 0x5A for b in old), offset)
+    finally:
+        os.close(fd)
+    return store, f"{path.name[:20]}: {length} bytes at {offset} of {size} overwritten"
+
+
+LIVE: dict[str, Mutator[Path]] = {"damage": Mutator(1, live_damage)}
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
@@ -1137,6 +1167,7 @@ TABLES: dict[str, dict[str, Any]] = {
     "json": JSON,
     "files": FILES,
     "cache": CACHE,
+    "live": LIVE,
     "options": OPTIONS,
     "archive-tar": TAR,
     "archive-gz": GZIP,

@@ -90,7 +90,7 @@ class CaseSpec:
 
 # Stage -> weight, for the stages every seed has; gzip, zstd and the archive's own stages are
 # added where the seed has such layers or is an archive.
-STAGE_WEIGHTS = {"tar": 36, "json": 20, "files": 7, "cache": 6, "options": 5}
+STAGE_WEIGHTS = {"tar": 36, "json": 20, "files": 7, "cache": 6, "live": 5, "options": 5}
 # Mutations that aim out of the tree or the layout: such cases always run under strace.
 ESCAPING = {
     ("tar", "insert"),
@@ -405,6 +405,10 @@ class Case:
             if self.spec.background:
                 process.wait(timeout=UNMOUNT_TIMEOUT)
                 observation.exit_code = process.returncode
+            for planned in self.spec.plan:
+                if planned.stage == "live":
+                    _, note = mu.LIVE[planned.name].apply(random.Random(planned.seed), built.store)
+                    built.notes.append(f"live: {note}")
             self.walk(observation, streams)
         if self.spec.background and process.poll() is not None and observation.exit_code is None:
             observation.exit_code = process.returncode
