@@ -100,6 +100,7 @@ ESCAPING = {
     ("files", "symlink"),
 }
 STRACE_SHARE = 0.5
+MOUNTED_SHARE = 0.75  # of the mutations aimed at one image: at the one mounted
 
 
 def plan_case(case_seed: int, strace_available: bool) -> CaseSpec:
@@ -125,14 +126,18 @@ def plan_case(case_seed: int, strace_available: bool) -> CaseSpec:
     for _ in range(count):
         stage = rng.choices(list(weights), weights=list(weights.values()))[0]
         target: tuple[Any, ...] = ()
-        if stage == "tar":
-            target = rng.choice(layers)[:2]
-        elif stage in ("gzip", "zstd"):
-            target = rng.choice(
-                [(i, j) for i, j, layer in layers if layer.compression.startswith(stage)]
-            )
+        # Mostly the image that is mounted (the first), sometimes another one of the store.
+        image = 0 if rng.random() < MOUNTED_SHARE else rng.randrange(len(seed.images))
+        if stage in ("tar", "gzip", "zstd"):
+            fitting = [
+                (i, j)
+                for i, j, layer in layers
+                if stage == "tar" or layer.compression.startswith(stage)
+            ]
+            target = rng.choice([t for t in fitting if t[0] == image] or fitting)
         elif stage == "json":
-            target = rng.choice(documents(seed.form, len(seed.images)))
+            docs = documents(seed.form, len(seed.images))
+            target = rng.choice([d for d in docs if d[1] == image] or docs)
         table: dict[str, Any] = mu.TABLES[stage]
         plan.append(Planned(stage, mu.pick(rng, table), target, rng.randrange(1 << 32)))
     escaping = any((p.stage, p.name) in ESCAPING for p in plan)
