@@ -200,9 +200,6 @@ def traced(tmp_path: Path, *command: str) -> str:
     return out.read_text()
 
 
-@pytest.mark.skipif(
-    not os.path.exists("/usr/bin/strace"), reason="needs strace (scripts/setup installs it)"
-)
 def test_strace_sees_a_host_path_and_the_way_it_was_reached(tmp_path: Path) -> None:
     hostpaths.place_canary(mu.CANARY_SECRET)
     store = tmp_path / "layout"
