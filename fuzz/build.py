@@ -23,6 +23,7 @@ import copy
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
@@ -403,4 +404,13 @@ def build(seed: Seed, plan: list[Planned], recompute: bool, out: Path) -> Built:
     builder = Builder(seed, plan, recompute, clean)
     store, arg = build_store(builder, out)
     trees = [] if builder.changed_stream else [expected_tree(image) for image in seed.images]
+    documents = {p.target[0] for p in plan if p.stage == "json"}
+    if trees and "config" in documents and documents & {"manifest", "docker-manifest"}:
+        # Two edits may take a layer out of both lists alike: an image of fewer layers.
+        trees += [
+            expected_tree(SeedImage([image.layers[i] for i in chosen], image.ref, image.platform))
+            for image in seed.images
+            for size in range(1, len(image.layers))
+            for chosen in itertools.combinations(range(len(image.layers)), size)
+        ]
     return Built(store, arg, builder.streams, trees, builder.stale, builder.notes)

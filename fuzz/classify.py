@@ -23,7 +23,10 @@ The classes, most severe first (``SEVERITY``):
 Then the findings already known (issue 11; their fixes are under way), each told by its own
 signature so that it is counted apart from the unknown ones (``KNOWN``), and last the clean
 outcomes: ``store-symlink-followed`` (a symlink of the store itself led out of it: the user's
-directory, not the image, said so; reported, not a failure), ``refused`` (non-zero exit, one
+directory, not the image, said so; reported, not a failure), ``no-verify-unchecked`` (a
+``--no-verify`` mount of a store changed after its digests were taken, by an archive, file or
+live mutation or with digests left stale, served bytes that are not the image's: what the option
+says it does not check), ``refused`` (non-zero exit, one
 line, no traceback; an argparse usage block for a bad option counts too) and ``mounted`` (the
 walk found nothing wrong, the daemon exited 0, the mount went away).
 """
@@ -63,7 +66,7 @@ KNOWN = {
     "size-option-message": "a bad --read-cache value's line does not say what a size looks like",
     "live-damage-served": "a blob overwritten under a live mount: reads give wrong bytes, no EIO",
 }
-CLEAN = ["store-symlink-followed", "refused", "mounted"]
+CLEAN = ["store-symlink-followed", "no-verify-unchecked", "refused", "mounted"]
 ORDER = [*SEVERITY, *KNOWN, *CLEAN]
 XATTR_ERRORS = re.compile(
     r"^(listxattr|getxattr .*): (EIO|ERANGE|E2BIG|EINVAL|ENODATA|EOPNOTSUPP|ENOTSUP)$"
@@ -109,8 +112,13 @@ class Classifier:
         self.obs = observation
         self.classes: dict[str, list[str]] = {}
         self.live = any(p.stage == "live" for p in spec.plan)  # a blob damaged under the mount
+        # --no-verify, and the store changed after its digests were taken: nothing checks it.
+        after = {"archive-tar", "archive-gz", "files", "live"} & {p.stage for p in spec.plan}
+        self.unchecked = "--no-verify" in observation.command and bool(after or built.stale)
 
     def add(self, name: str, reason: str) -> None:
+        if self.unchecked and name in ("wrong-bytes", "wrong-tree", "live-damage-served"):
+            name = "no-verify-unchecked"
         self.classes.setdefault(name, []).append(reason[:500])
 
     def outcome(self) -> Outcome:
@@ -218,7 +226,11 @@ class Classifier:
                 name = path.rsplit("/", 1)[-1]
                 if name in SERVED_MEANS:
                     self.add(SERVED_MEANS[name], f"{path!r} is served: {entry}")
-            if self.built.trees and not self.classes.keys() - {"mounted", "live-damage-served"}:
+            if self.built.trees and not self.classes.keys() - {
+                "mounted",
+                "live-damage-served",
+                "no-verify-unchecked",
+            }:
                 failed = {
                     p["path"] for p in walk["problems"] if p["detail"].startswith(("read", "pread"))
                 }

@@ -21,7 +21,10 @@ own directory said so, not the image. One reached through a symlink in the index
 known finding of cache files that are not regular files. Limits: only the ocifs processes are
 traced, not the kernel's side of the FUSE requests; the working directory is followed by
 ``chdir`` lines, not per process; background mounts are not traced (strace would outlive the
-command); a name passed through a syscall outside ``%file`` (ocifs makes none) is missed.
+command); a name passed through a syscall outside ``%file`` (ocifs makes none) is missed; and
+the system's trees (``/usr``, ``/proc``, ``/sys``...) are allowed as a whole, so an image
+that made ocifs read, say, ``/proc/self/environ`` would be caught by neither check: the
+canaries stand for host files in general, and the mutations aim at them.
 """
 
 from __future__ import annotations

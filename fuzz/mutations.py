@@ -30,6 +30,7 @@ case says not to, so that the damage passes the digest checks and reaches the pa
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import os
@@ -941,6 +942,19 @@ def json_platform(rng: random.Random, doc: Json) -> tuple[Json, str]:
     return _set(doc, path, value), f"{_where(path)} = {json.dumps(value)}"
 
 
+def json_duplicate(rng: random.Random, doc: Json) -> tuple[Json, str]:
+    """An item of a list twice (two edits alike give an image with a layer twice, which is
+    valid)."""
+    lists = [p for p in _nodes(doc) if isinstance(_get(doc, p), list) and _get(doc, p)]
+    if not lists:
+        return doc, "no list"
+    path = rng.choice(lists)
+    items = _get(doc, path)
+    index = rng.randrange(len(items))
+    items.insert(index, copy.deepcopy(items[index]))
+    return doc, f"{_where(path)}[{index}] twice"
+
+
 def json_raw(rng: random.Random, doc: Json) -> tuple[Json, str]:
     text = json.dumps(doc).encode()
     raw, what = rng.choice(
@@ -975,6 +989,7 @@ JSON: dict[str, Mutator[Json]] = {
     "size": Mutator(3, json_size),
     "path": Mutator(4, json_path),
     "platform": Mutator(2, json_platform),
+    "duplicate": Mutator(2, json_duplicate),
     "raw": Mutator(4, json_raw),
 }
 

@@ -305,6 +305,7 @@ class Case:
             self.env[name] = str(case_dir / sub)
         self.env["PYTHONPATH"] = str(REPO)
         self.built: Built | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def run(self) -> tuple[Built, Observation]:
         started = time.monotonic()
@@ -407,14 +408,21 @@ class Case:
         elif options is not None:
             observation.mounted = True
             observation.mount_options = options
-            if self.spec.background:
-                process.wait(timeout=UNMOUNT_TIMEOUT)
-                observation.exit_code = process.returncode
-            for planned in self.spec.plan:
-                if planned.stage == "live":
-                    _, note = mu.LIVE[planned.name].apply(random.Random(planned.seed), built.store)
-                    built.notes.append(f"live: {note}")
-            self.walk(observation, streams)
+            # In the background, the command returns once the daemon has left it.
+            if self.spec.background and not wait_for(
+                lambda: process.poll() is not None, MOUNT_TIMEOUT
+            ):
+                observation.hang = "mount"
+                observation.hang_detail = "mounted, but ocifs mount did not return"
+            else:
+                if self.spec.background:
+                    observation.exit_code = process.returncode
+                for planned in self.spec.plan:
+                    if planned.stage == "live":
+                        live = mu.LIVE[planned.name]
+                        _, note = live.apply(random.Random(planned.seed), built.store)
+                        built.notes.append(f"live: {note}")
+                self.walk(observation, streams)
         if self.spec.background and process.poll() is not None and observation.exit_code is None:
             observation.exit_code = process.returncode
         stderr.seek(0)
@@ -455,7 +463,7 @@ class Case:
 
     def clean_up(self, observation: Observation) -> None:
         """Unmount as a user would; what does not go away by itself is stale and forced."""
-        process = getattr(self, "process", None)
+        process = self.process
         daemons = daemons_of(self.mnt)
         if mounted_options(self.mnt) is not None:
             result = subprocess.run(

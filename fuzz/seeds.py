@@ -181,7 +181,8 @@ def base_members() -> list[Member]:
 
 
 def upper_members() -> list[Member]:
-    """Changes on top of ``base_members``: whiteouts, an opaque directory, replacements."""
+    """Changes on top of ``base_members``: whiteouts (one of a hardlink's target), an opaque
+    directory, a file over a file and over a directory, a hardlink to a lower file."""
     return [
         d("etc"),
         f("etc/.wh.hostname", 0),
@@ -191,6 +192,11 @@ def upper_members() -> list[Member]:
         f("var/cache/.wh..wh..opq", 0),
         f("var/cache/new", 3000),
         f("usr/share/one", 7),  # replaces the lower file
+        d("usr"),
+        d("usr/bin"),
+        f("usr/bin/.wh.busybox", 0),  # the target of a lower hardlink: usr/bin/ls stays
+        Member("usr/share/block-link", HARDLINK, linkname="usr/share/block"),  # to a lower file
+        f("home/user", 10),  # a file in place of a lower directory and its children
         d("srv"),
         f("srv/data", 200_000, compressible=False),
     ]

@@ -189,6 +189,38 @@ def test_classes_from_what_was_seen(tmp_path: Path) -> None:
     )
 
 
+def test_what_no_verify_and_live_damage_may_serve(tmp_path: Path) -> None:
+    """Bytes that are not the image's: a failure, unless --no-verify was asked for a store
+    changed after its digests; under a live mount's damage, the known finding (V1)."""
+    built = build(seeds()["docker-archive"], [], True, tmp_path)
+    built.trees = []  # the walk below found one file only: judge the bytes alone
+    walk = {
+        "entries": {},
+        "problems": [{"kind": "wrong-bytes", "path": "f", "detail": "in no layer stream"}],
+    }
+    observation = Observation(["ocifs", "mount", "--no-verify"], exit_code=0, mounted=True)
+    observation.walk = walk
+    cases = [
+        ([Planned("archive-tar", "flip", (), 1)], True, "no-verify-unchecked"),
+        ([Planned("archive-tar", "flip", (), 1)], False, "wrong-bytes"),
+        ([Planned("live", "damage", (), 1)], False, "live-damage-served"),
+        ([], True, "wrong-bytes"),
+    ]
+    for plan, no_verify, want in cases:
+        observation.command = ["ocifs", "mount", *(["--no-verify"] if no_verify else [])]
+        spec = CaseSpec(1, "docker-archive", plan, True, no_verify, False, False)
+        assert classify(spec, built, observation).primary == want, (plan, no_verify)
+
+
+def test_a_layer_taken_out_of_both_lists_is_an_image_too(tmp_path: Path) -> None:
+    plan = [
+        Planned("json", "delete", ("config", 0), 1),
+        Planned("json", "delete", ("docker-manifest", 0), 2),
+    ]
+    built = build(seeds()["docker-dir"], plan, True, tmp_path)
+    assert len(built.trees) == 3  # the image, and each of its two layers alone
+
+
 # --- host paths -----------------------------------------------------------------------------
 
 
