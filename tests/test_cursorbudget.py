@@ -32,7 +32,7 @@ def gzip_readers(tmp_path: Path, count: int, budget: CursorBudget) -> list[Seeka
     readers = []
     for number in range(count):
         indexed = indexed_layer(blob_layer(tmp_path / str(number), tar, "gzip", number))
-        reader = open_reader(indexed.layer, indexed.points, cache, None, budget)
+        reader = open_reader(indexed.layer, indexed.points, cache, None, budget=budget)
         assert isinstance(reader, SeekableLayerReader)
         readers.append(reader)
     return readers
