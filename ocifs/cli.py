@@ -1,4 +1,5 @@
-"""The command line: parses ``ocifs mount``, ``ocifs umount`` and ``ocifs index`` and runs them.
+"""The command line: parses ``ocifs mount``, ``ocifs umount``, ``ocifs index`` and ``ocifs
+inspect`` (``inspectview``) and runs them.
 
 ``mount`` resolves and indexes the image in the foreground, or takes its index from the cache
 (so every problem is reported as one line with a non-zero exit, before anything is attached),
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, daemon
+from . import __version__, daemon, inspectview
 from .blockcache import BLOCK_CACHE_BYTES
 from .errors import OcifsError, show
 from .image import Image, LoadReport, load_image
@@ -96,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("image", metavar="LAYOUT[:REF|@DIGEST]")
     add_image_options(index)
     index.add_argument("--debug", action="store_true", help="log what is done")
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="show an image's refs, platforms, config and layers",
+        description="Show what LAYOUT holds and, for the image LAYOUT[:REF|@DIGEST], its"
+        " manifest, config and layers (indexing into the cache the layers it lacks).",
+    )
+    inspect.add_argument("image", metavar="LAYOUT[:REF|@DIGEST]")
+    add_image_options(inspect)
+    inspectview.add_arguments(inspect)
+    inspect.add_argument("--debug", action="store_true", help="log what is done")
     return parser
 
 
@@ -154,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return mount(args)
         if args.command == "index":
             return index(args)
+        if args.command == "inspect":
+            return inspectview.run(args)
         return umount(args.mountpoint)
     except OcifsError as error:
         print(f"ocifs: error: {error}", file=sys.stderr)

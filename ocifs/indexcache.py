@@ -95,12 +95,16 @@ class IndexCache:
     def tree_path(self, layers: Iterable[LayerRef]) -> Path:
         return self.root / "trees" / tree_key(layers)
 
-    def load_layer(self, layer: LayerRef, verify: bool, with_entries: bool) -> LayerIndex | None:
+    def load_layer(
+        self, layer: LayerRef, verify: bool, with_entries: bool, sample: bool = True
+    ) -> LayerIndex | None:
         """The layer's index if the cache has a usable one (else None, and the log says why):
         one that describes this blob, was verified if ``verify``, and has what its
-        compression's readers need. ``with_entries=False`` leaves the entries on disk."""
+        compression's readers need. ``with_entries=False`` leaves the entries on disk.
+        ``sample=False`` takes the blob by its digest, size and compression alone, without
+        opening it (``ocifs inspect``, which serves no data from it; a mount checks)."""
         try:
-            found = self.read_layer(layer, with_entries)
+            found = self.read_layer(layer, with_entries, sample)
         except CacheMiss as reason:
             logger.info("indexing %s: %s", layer.describe(), reason)
             return None
@@ -114,7 +118,7 @@ class IndexCache:
             return None
         return found
 
-    def read_layer(self, layer: LayerRef, with_entries: bool) -> LayerIndex:
+    def read_layer(self, layer: LayerRef, with_entries: bool, sample: bool = True) -> LayerIndex:
         """The layer's index as the cache holds it; CacheMiss if it has none for this blob."""
         path = self.layer_path(layer.digest)
         wanted = None if with_entries else {"points", "blocks"}
@@ -123,7 +127,7 @@ class IndexCache:
             raise CacheMiss(f"{path} describes another blob")
         if meta.get("compression") != layer.compression:
             raise CacheMiss(f"{path} describes another compression")
-        if meta.get("sample") != blob_sample(layer):
+        if sample and meta.get("sample") != blob_sample(layer):
             raise CacheMiss(f"the blob of {layer.describe()} differs from the one indexed")
         try:
             points = decode_points(meta["points"], sections) if meta.get("points") else None
