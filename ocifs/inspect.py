@@ -464,11 +464,16 @@ def inspect_arg(
     archive_progress: ArchiveProgress | None = None,
     accounting: bool = False,
     top: int = TOP_HIDDEN,
+    opened: Callable[[], None] | None = None,
 ) -> Inspection:
     """Inspect ``LAYOUT[:REF|@DIGEST]``. Raises OcifsError (one line) on bad input; a source
-    that holds several images, none of them named, is an Inspection without an image."""
+    that holds several images, none of them named, is an Inspection without an image.
+    ``progress`` and ``archive_progress`` are shown while layers and an archive are read;
+    ``opened`` is called once the source is open, before any layer is."""
     path, ref, digest = split_image_arg(arg)
     source = open_source(path, cache, archive_progress)
+    if opened is not None:
+        opened()  # the archive's progress line goes before the layers' come
     catalog = read_catalog(source)
     try:
         resolved = resolve_source(source, ref, digest, platform)

@@ -375,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
             archive_progress=progress.archive if progress is not None else None,
             accounting=args.layers,
             top=args.top,
+            opened=progress.finish if progress is not None else None,
         )
     finally:
         if progress is not None:
