@@ -2,24 +2,32 @@
 the per-layer accounting (``--layers``), the JSON shape, and the command's output.
 
 Every image is built here with known contents, so each expected number is worked out from
-what the test wrote: tar sizes, member counts, file sizes. The accounting is tested on the
+what the test wrote: tar sizes, member counts, file sizes; one is built by buildah from a
+Containerfile (``inspectbuild``), for history as a real tool writes it (``empty_layer``
+steps) and a config and manifest that skopeo reads too. The accounting is tested on the
 layers' entries alone (no mount, no blobs), then through the command.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import inspectbuild
 import pytest
+import realimages
 from archives import Image as ArchiveImage
 from archives import docker25_archive, docker_archive, tar_tree
 from mounting import OCIFS, run_ocifs
+from realimages import Work
 from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
 
 from ocifs import inspectview
@@ -642,3 +650,64 @@ def test_a_bad_top_is_refused(built: tuple[Path, dict[str, Any]]) -> None:
     result = run_ocifs("inspect", f"{root}:v1", "--layers", "--top", "-1")
     assert result.returncode == 1
     assert result.stderr.strip() == "ocifs: error: --top must be at least 0, not -1"
+
+
+# --- an image a real tool built -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def buildah_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Work, Path]]:
+    for tool in ("buildah", "skopeo", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run scripts/setup")
+    work = Work.create(tmp_path_factory.mktemp("buildah"))
+    layout = work.root / "layout"
+    try:
+        inspectbuild.build(work, layout)
+        yield work, layout
+    finally:
+        realimages.cleanup(work)
+
+
+def test_what_buildah_built(buildah_layout: tuple[Work, Path]) -> None:
+    """A Containerfile's ENV, LABEL, WORKDIR, USER, ENTRYPOINT and CMD make history steps
+    marked empty_layer: each COPY's step is matched to its own layer, and the config and
+    manifest are what skopeo reads."""
+    work, layout = buildah_layout
+    config = json.loads(work.tools.skopeo("inspect", "--config", f"oci:{layout}:v1"))
+    manifest = json.loads(work.tools.skopeo("inspect", "--raw", f"oci:{layout}:v1"))
+    inspection = inspect_arg(f"{layout}:v1", accounting=True)
+    image = inspection.image
+    assert image is not None
+    assert inspection.notes == []
+    assert sum(step.get("empty_layer", False) for step in config["history"]) == 6
+    assert [row.created_by for row in image.layers] == [
+        step["created_by"] for step in config["history"] if not step.get("empty_layer")
+    ]
+    made = [(row.created_by or "").rstrip().rsplit(" ", 1)[-1] for row in image.layers]
+    assert made == ["/etc/motd", "/data/big", "/data/big"]
+    assert [row.digest for row in image.layers] == [x["digest"] for x in manifest["layers"]]
+    for row in image.layers:
+        blob = (layout / "blobs" / "sha256" / row.digest[7:]).read_bytes()
+        assert row.compressed_size == len(blob)
+        assert row.uncompressed_size == len(gzip.decompress(blob))
+    settings = config["config"]
+    assert (image.entrypoint, image.cmd, image.env) == (
+        settings["Entrypoint"],
+        settings["Cmd"],
+        settings["Env"],
+    )
+    assert (image.working_dir, image.user, image.labels) == (
+        "/srv",
+        "1000:1000",
+        settings["Labels"],
+    )
+    assert image.created == config["created"]
+    accounting = inspection.accounting
+    assert accounting is not None
+    assert [layer.bytes_hidden for layer in accounting.layers] == [0, inspectbuild.BIG, 0]
+    assert accounting.layers[2].modified == 1
+    assert accounting.wasted_bytes == inspectbuild.BIG
+    assert [(h.path, h.layer, h.hidden_by) for h in accounting.largest_hidden] == [
+        (b"/data/big", 1, 2)
+    ]
