@@ -167,6 +167,16 @@ def human(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+def percent(ratio: float) -> str:
+    """A share to one decimal, never rounded to 0% or 100% when it is not that."""
+    shown = f"{100 * ratio:.1f}%"
+    if shown == "0.0%" and ratio > 0:
+        return "<0.1%"
+    if shown == "100.0%" and ratio < 1:
+        return ">99.9%"
+    return shown
+
+
 def short_digest(digest: str | None) -> str:
     if digest is None:
         return "-"
@@ -297,10 +307,10 @@ def image_lines(image: ImageInfo, width: int | None) -> list[str]:
 
 def accounting_lines(accounting: Accounting, width: int | None) -> list[str]:
     total, wasted = accounting.total_bytes, accounting.wasted_bytes
-    share = f", {100 * wasted / total:.1f}%" if total else ""
+    share = f", {percent(wasted / total)}" if total else ""
     lines = [
         "",
-        f"Layer accounting (efficiency {100 * accounting.efficiency:.1f}%;"
+        f"Layer accounting (efficiency {percent(accounting.efficiency)};"
         f" {human(wasted)} of {human(total)} of file data hidden by later layers{share})",
     ]
     lines += table(
