@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .tarscan import DIR, FILE, HARDLINK, TarEntry
-from .tree import Whiteout, classify_whiteout, split_path
+from .tree import WHITEOUT_PREFIX, Whiteout, classify_whiteout, split_path
 
 logger = logging.getLogger(__name__)
 
@@ -176,17 +176,17 @@ class _Replay:
         ordinary: list[tuple[Path, TarEntry]] = []
         for entry in entries:
             components = split_path(entry.path)
-            whiteout = classify_whiteout(components, entry.path)
+            # No component can start with ".wh." if the name holds no ".wh." at all.
+            whiteout = (
+                classify_whiteout(components, entry.path) if WHITEOUT_PREFIX in entry.path else None
+            )
             if whiteout is None:
                 ordinary.append((components, entry))
             elif isinstance(whiteout, Whiteout):
                 self.whiteout(whiteout)
         touched: set[Path] = set()
         for components, entry in ordinary:
-            if components and components not in touched:
-                touched.add(components)
-                self.classify(components, entry, account)
-            self.entry(components, entry, account)
+            self.entry(components, entry, account, touched)
         account.deleted = sum(1 for path in self.removed if self.find(path) is None)
         return account
 
@@ -202,22 +202,21 @@ class _Replay:
             child = parent.children.pop(whiteout.name)
             self.remove(child, (*whiteout.parent, whiteout.name), replaced=False)
 
-    def classify(self, path: Path, entry: TarEntry, account: LayerAccount) -> None:
-        """Count the layer's first entry at ``path`` as added or modified."""
-        existing = self.find(path)
-        below = existing if existing is not None and existing.layer < self.layer else None
-        if below is None and path not in self.removed:
-            account.added += 1
-        elif not (entry.kind == DIR and below is not None and below.children is not None):
-            account.modified += 1
-
-    def entry(self, path: Path, entry: TarEntry, account: LayerAccount) -> None:
+    def entry(self, path: Path, entry: TarEntry, account: LayerAccount, touched: set[Path]) -> None:
         if not path:
             return  # the root: its attributes only (a non-directory root fails the merge)
+        # A parent made here means the path was not below (unless a whiteout took it).
         parent = self.parents(path[:-1])
         assert parent.children is not None
         name = path[-1]
         existing = parent.children.get(name)
+        if path not in touched:  # the layer's first entry at the path: added or modified?
+            touched.add(path)
+            below = existing if existing is not None and existing.layer < self.layer else None
+            if below is None and path not in self.removed:
+                account.added += 1
+            elif not (entry.kind == DIR and below is not None and below.children is not None):
+                account.modified += 1
         if entry.kind == DIR:
             if existing is not None and existing.children is not None:
                 return

@@ -118,6 +118,26 @@ class IndexCache:
             return None
         return found
 
+    def layer_summary(self, layer: LayerRef, verify: bool) -> tuple[int, int] | None:
+        """(uncompressed size, number of entries) of the layer as its cached index gives
+        them, from the file's header alone, without opening the blob (``ocifs inspect``);
+        None if the cache has no index of this blob (verified, if ``verify``)."""
+        path = self.layer_path(layer.digest)
+        try:
+            meta, _ = read_file(path, "layer", set())
+            if meta.get("digest") != layer.digest or meta.get("blob_size") != layer.size:
+                raise CacheMiss(f"{path} describes another blob")
+            if meta.get("compression") != layer.compression:
+                raise CacheMiss(f"{path} describes another compression")
+            if verify and meta.get("verified") is not True:
+                raise CacheMiss(f"{path} was built without verification")
+            return int(meta["uncompressed_size"]), int(meta["entries"]["count"])
+        except CacheMiss as reason:
+            logger.info("indexing %s: %s", layer.describe(), reason)
+        except (KeyError, TypeError, ValueError) as error:
+            logger.info("indexing %s: %s is damaged: %s", layer.describe(), path, error)
+        return None
+
     def read_layer(self, layer: LayerRef, with_entries: bool, sample: bool = True) -> LayerIndex:
         """The layer's index as the cache holds it; CacheMiss if it has none for this blob."""
         path = self.layer_path(layer.digest)

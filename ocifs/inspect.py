@@ -47,6 +47,7 @@ from .layout import (
 )
 from .mediatypes import CONTAINERD_IMAGE_NAME, INDEX_TYPES, REF_NAME
 from .sources import MAX_DOCUMENT_SIZE, ArchiveProgress, ArchiveSource, BlobSource
+from .tarscan import TarEntry
 
 logger = logging.getLogger(__name__)
 
@@ -374,8 +375,8 @@ def match_history(config: dict[str, Any], layers: int) -> tuple[list[HistoryStep
     return steps, notes
 
 
-def image_info(resolved: ResolvedImage, indexes: list[LayerIndex]) -> tuple[ImageInfo, list[str]]:
-    """The image's fields from its config and its layers' indexes (with their entries)."""
+def image_info(resolved: ResolvedImage, facts: Sequence[LayerFacts]) -> tuple[ImageInfo, list[str]]:
+    """The image's fields from its config and what its layers' indexes say."""
     config = resolved.config
     settings = config.get("config")
     settings = settings if isinstance(settings, dict) else {}
@@ -383,9 +384,9 @@ def image_info(resolved: ResolvedImage, indexes: list[LayerIndex]) -> tuple[Imag
     history, notes = match_history(config, len(resolved.layers))
     made_by = {step.layer: (number, step) for number, step in enumerate(history)}
     rows = []
-    for layer, index in zip(resolved.layers, indexes, strict=True):
+    for layer, fact in zip(resolved.layers, facts, strict=True):
         number, step = made_by.get(layer.position, (None, None))
-        rows.append(_layer_row(layer, index, step, number))
+        rows.append(_layer_row(layer, fact, step, number))
     info = ImageInfo(
         manifest_digest=resolved.manifest_digest,
         manifest_media_type=resolved.manifest_media_type,
@@ -412,17 +413,16 @@ def image_info(resolved: ResolvedImage, indexes: list[LayerIndex]) -> tuple[Imag
 
 
 def _layer_row(
-    layer: LayerRef, index: LayerIndex, step: HistoryStep | None, number: int | None
+    layer: LayerRef, fact: LayerFacts, step: HistoryStep | None, number: int | None
 ) -> LayerRow:
-    assert index.entries is not None, "inspect loads the layers with their entries"
     return LayerRow(
         position=layer.position,
         digest=layer.digest,
         diff_id=layer.diff_id,
         media_type=layer.media_type,
         compressed_size=layer.size,
-        uncompressed_size=index.uncompressed_size,
-        entries=len(index.entries),
+        uncompressed_size=fact.uncompressed_size,
+        entries=fact.entry_count,
         created_by=step.created_by if step is not None else None,
         history=number,
     )
@@ -431,16 +431,33 @@ def _layer_row(
 # --- all of it ------------------------------------------------------------------------------
 
 
-def layer_indexes(
+@dataclass(frozen=True)
+class LayerFacts:
+    """What inspect needs of a layer's index: sizes, and the entries when it counts them."""
+
+    uncompressed_size: int
+    entry_count: int
+    entries: list[TarEntry] | None  # None when taken from the cache without them
+
+
+def layer_facts(
     layers: Sequence[LayerRef],
     verify: bool,
     progress: ProgressFactory | None,
     cache: IndexCache | None,
     report: LoadReport,
-) -> list[LayerIndex]:
-    """Every layer's index with its entries: from the cache without opening the blob (its
-    digest, size and compression name it; nothing is served from it here), else indexed
-    from the blob and stored, as ``ocifs index`` does."""
+    with_entries: bool,
+) -> tuple[list[LayerFacts], list[LayerIndex] | None]:
+    """Every layer's facts, taken from the cache without opening the blob (its digest, size
+    and compression name it; nothing is served from it here); without ``with_entries``
+    from the cache files' headers alone. Where the cache lacks a layer, every layer's index
+    with its entries, the missing ones indexed from their blobs and stored, as ``ocifs
+    index`` does; those indexes are returned too, to be merged."""
+    if cache is not None and not with_entries:
+        summaries = [cache.layer_summary(layer, verify) for layer in layers]
+        if all(summary is not None for summary in summaries):
+            report.from_cache.extend(layers)
+            return [LayerFacts(*summary, None) for summary in summaries if summary], None
     found: dict[int, LayerIndex] = {}
     if cache is not None:
         for layer in layers:
@@ -452,7 +469,12 @@ def layer_indexes(
     if missing:
         built = index_layers(missing, verify, progress, None, cache, DEFAULT_SPACING, report, None)
         found.update((layer.position, index) for layer, index in zip(missing, built, strict=True))
-    return [found[layer.position] for layer in layers]
+    indexes = [found[layer.position] for layer in layers]
+    facts = []
+    for index in indexes:
+        assert index.entries is not None, "loaded or built with its entries"
+        facts.append(LayerFacts(index.uncompressed_size, len(index.entries), index.entries))
+    return facts, indexes
 
 
 def inspect_arg(
@@ -485,12 +507,12 @@ def inspect_arg(
     mark_chosen(catalog, resolved)
     report = LoadReport()
     layers = resolved.layers
-    indexes = layer_indexes(layers, verify, progress, cache, report)
-    info, notes = image_info(resolved, indexes)
+    facts, indexes = layer_facts(layers, verify, progress, cache, report, accounting)
+    info, notes = image_info(resolved, facts)
     inspection = Inspection(
         catalog, info, notes=notes, indexed=len(report.indexed), from_cache=len(report.from_cache)
     )
-    if report.indexed and cache is not None:
+    if report.indexed and cache is not None and indexes is not None:
         # As after `ocifs index`: the merged tree too, so that a later mount merges nothing.
         try:
             cache.store_tree(layers, merge(layers, list(indexes)))
@@ -500,9 +522,9 @@ def inspect_arg(
             )
     if accounting:
         entries = []
-        for index in indexes:
-            assert index.entries is not None
-            entries.append(index.entries)
+        for fact in facts:
+            assert fact.entries is not None, "loaded with the entries to count"
+            entries.append(fact.entries)
         try:
             inspection.accounting = account_layers(entries, top)
         except OcifsError as error:

@@ -363,14 +363,17 @@ def test_accounting_of_the_built_image(built: tuple[Path, dict[str, Any]]) -> No
     ]
 
 
+@pytest.mark.parametrize("layers", [False, True], ids=["table", "layers"])
 def test_a_cached_image_is_inspected_without_opening_its_layer_blobs(
-    built: tuple[Path, dict[str, Any]], tmp_path: Path
+    built: tuple[Path, dict[str, Any]], tmp_path: Path, layers: bool
 ) -> None:
     """The first inspect indexes and caches (the merged tree too, as ``ocifs index`` does);
-    the second opens no layer blob (strace), and says where its indexes came from."""
+    the second opens no layer blob (strace), with or without the entries to count (without,
+    it reads only the cache files' headers), and says where its indexes came from."""
     root, written = built
     cache = tmp_path / "cache"
-    args = ["inspect", f"{root}:v1", "--layers", "--json", "--cache-dir", str(cache)]
+    args = ["inspect", f"{root}:v1", "--json", "--cache-dir", str(cache)]
+    args += ["--layers"] if layers else []
     first = run_ocifs(*args, check=True)
     assert json.loads(first.stdout)["layers_indexed"] == 2
     assert any((cache / "trees").iterdir())  # the merged tree: a mount merges nothing
@@ -385,12 +388,27 @@ def test_a_cached_image_is_inspected_without_opening_its_layer_blobs(
     assert (again["layers_indexed"], again["layers_from_cache"]) == (0, 2)
     assert again["image"] == json.loads(first.stdout)["image"]
     assert again["accounting"] == json.loads(first.stdout)["accounting"]
+    assert (again["accounting"] is not None) == layers
     opened = trace.read_text()
     blobs = root / "blobs" / "sha256"
     assert f'"{blobs / written["v1"]["digest"][7:]}"' in opened  # it sees the manifest's open
     for desc, _ in written["layers"]:
         assert str(blobs / desc["digest"][7:]) not in opened
         assert f"cache/layers/sha256/{desc['digest'][7:]}" in opened  # read from the cache
+
+
+def test_a_cache_built_without_verification_is_not_taken(
+    built: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """As for a mount: an index built with --no-verify serves only --no-verify."""
+    root, _ = built
+    cache = IndexCache(tmp_path / "cache")
+    unverified = inspect_arg(f"{root}:v1", cache=cache, verify=False)
+    assert unverified.indexed == 2
+    assert inspect_arg(f"{root}:v1", cache=cache, verify=False).from_cache == 2
+    verified = inspect_arg(f"{root}:v1", cache=cache)
+    assert (verified.indexed, verified.from_cache) == (2, 0)
+    assert verified.image == unverified.image
 
 
 def test_an_uncached_image_is_indexed_with_no_cache_too(
