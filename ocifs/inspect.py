@@ -6,9 +6,10 @@ input ocifs mounts), lists what the source holds (``Catalog``: the entries of ``
 with the indexes below them and their platforms, the images of a docker-archive's
 ``manifest.json``), resolves the image, and takes each layer's index from the index cache
 or builds it (``image.index_layers``, as ``ocifs index`` does, and stores it; then the
-merged tree too, so a later mount is quick). A cached image is inspected without reading
-its layer blobs: only the cache's check of each blob's head and tail (``indexcache``'s
-blob sample, the check every mount makes too) touches them.
+merged tree too, so a later mount is quick). A cached image is inspected without opening
+its layer blobs: the cache files are trusted by the blob's digest, size and compression,
+without the sample of the blob's head and tail a mount checks (nothing is served from the
+blob here), and without ``--layers`` only their headers are read.
 
 The config's ``history`` is matched to the layers the way Docker matches it: the steps not
 marked ``empty_layer`` made the layers, in order from the lowest. When their number is not
@@ -84,9 +85,11 @@ class Catalog:
     left_out: int = 0  # entries past MAX_LISTED_IMAGES, counted, not listed
 
     def choices(self) -> int:
-        """How many images a user could choose among (attestations are not images)."""
-        count = 0
+        """How many images a user could choose among in the longest list (attestations are
+        not images; a Docker 25+ archive lists its images twice, once in each list)."""
+        most = 0
         for entries in self.lists.values():
+            count = 0
             stack = list(entries)
             while stack:
                 entry = stack.pop()
@@ -94,7 +97,8 @@ class Catalog:
                     stack.extend(entry.children)
                 elif entry.kind != "attestation":
                     count += 1
-        return max(count, *(len(entries) for entries in self.lists.values()), 0)
+            most = max(most, count, len(entries))
+        return most
 
 
 @dataclass(frozen=True)
@@ -489,7 +493,9 @@ def inspect_arg(
     opened: Callable[[], None] | None = None,
 ) -> Inspection:
     """Inspect ``LAYOUT[:REF|@DIGEST]``. Raises OcifsError (one line) on bad input; a source
-    that holds several images, none of them named, is an Inspection without an image.
+    that holds several images (or platforms), none of them named and no platform asked
+    for, where resolution cannot choose, is an Inspection without an image (the note says
+    why).
     ``progress`` and ``archive_progress`` are shown while layers and an archive are read;
     ``opened`` is called once the source is open, before any layer is."""
     path, ref, digest = split_image_arg(arg)
@@ -500,7 +506,7 @@ def inspect_arg(
     try:
         resolved = resolve_source(source, ref, digest, platform)
     except LayoutError as error:
-        if ref is None and digest is None and catalog.choices() > 1:
+        if ref is None and digest is None and platform is None and catalog.choices() > 1:
             return Inspection(catalog, None, notes=[str(error)])
         raise
     logger.info("resolved %s to %s", arg, resolved.describe())

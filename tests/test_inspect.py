@@ -33,7 +33,7 @@ from tarbuild import Member, d, f, link, make_tar, opaque, sym, wh
 from ocifs import inspectview
 from ocifs.accounting import account_layers
 from ocifs.cli import main
-from ocifs.errors import MergeError
+from ocifs.errors import LayoutError, MergeError
 from ocifs.indexcache import IndexCache
 from ocifs.inspect import inspect_arg, match_history
 from ocifs.layout import Platform
@@ -344,6 +344,26 @@ def test_several_images_and_none_named_lists_them(built: tuple[Path, dict[str, A
     assert inspection.image is None
     assert "choose one with LAYOUT:REF" in inspection.notes[0]
     assert not any(e.chosen for e in inspection.catalog.lists["index.json"])
+
+
+def test_a_named_platform_that_is_missing_is_an_error(built: tuple[Path, dict[str, Any]]) -> None:
+    root, _ = built
+    with pytest.raises(LayoutError, match="no manifest for platform linux/s390x"):
+        inspect_arg(f"{root}:multi", Platform("linux", "s390x"))
+
+
+def test_one_image_with_a_bad_config_is_an_error_not_a_listing(tmp_path: Path) -> None:
+    """A Docker 25+ archive lists its one image twice; that is no choice to make."""
+    tars = [make_tar(members) for members in LAYER_MEMBERS]
+    staging = tmp_path / "staging"
+    archive = docker25_archive(tmp_path / "d25.tar", [ArchiveImage(tars, tags=["app:2"])], staging)
+    assert inspect_arg(str(archive)).image is not None
+    index = json.loads((staging / "index.json").read_text())
+    manifest = manifest_of(staging, index["manifests"][0]["digest"])
+    (staging / "blobs/sha256" / manifest["config"]["digest"][7:]).write_text("{}")
+    damaged = tar_tree(staging, tmp_path / "damaged.tar")
+    with pytest.raises(LayoutError, match="config: blob sha256:"):
+        inspect_arg(str(damaged))
 
 
 def test_accounting_of_the_built_image(built: tuple[Path, dict[str, Any]]) -> None:
