@@ -239,17 +239,23 @@ def _descriptor(source: BlobSource, raw: object, catalog: Catalog, depth: int) -
     )
     if is_attestation:
         entry.kind = "attestation"
-    elif media_type in INDEX_TYPES:
-        entry.kind = "index"
-        if depth >= MAX_INDEX_DEPTH:
-            entry.error = f"indexes nested more than {MAX_INDEX_DEPTH} deep"
-            return entry
-        try:
-            document = _read_blob_document(source, digest, size)
-        except OcifsError as error:
-            entry.error = str(error)
-            return entry
-        entry.children = _descriptors(source, document.get("manifests"), catalog, depth + 1)
+        return entry
+    if media_type is not None and media_type not in INDEX_TYPES:
+        return entry
+    # An index, or a descriptor that does not say: its document does ("manifests").
+    try:
+        document = _read_blob_document(source, digest, size)
+    except OcifsError as error:
+        entry.kind = "index" if media_type is not None else entry.kind
+        entry.error = str(error)
+        return entry
+    if media_type is None and "manifests" not in document:
+        return entry
+    entry.kind = "index"
+    if depth >= MAX_INDEX_DEPTH:
+        entry.error = f"indexes nested more than {MAX_INDEX_DEPTH} deep"
+        return entry
+    entry.children = _descriptors(source, document.get("manifests"), catalog, depth + 1)
     return entry
 
 

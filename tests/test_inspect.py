@@ -338,6 +338,33 @@ def test_the_catalog_lists_every_image_and_marks_the_chosen(
     assert [c.chosen for c in arm.catalog.lists["index.json"][2].children] == [False, True, False]
 
 
+def test_a_descriptor_without_media_type_is_known_by_its_document(tmp_path: Path) -> None:
+    """An index.json entry that names no mediaType is an index if its document has
+    manifests (as resolution decides, R4); an unreadable one is listed with why."""
+    root = tmp_path / "layout"
+    writer = LayoutWriter(root)
+    layer = writer.add_layer(make_tar([f("a", b"a")]))
+    image = writer.add_image([layer], platform=PLATFORM, in_index=False)
+    index = writer.add_json(
+        {"schemaVersion": 2, "manifests": [image]}, "application/vnd.oci.image.index.v1+json"
+    )
+    writer.add_to_index({k: v for k, v in index.items() if k != "mediaType"}, "untyped")
+    writer.add_to_index(
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + "e" * 64,
+         "size": 10},
+        "gone",
+    )  # fmt: skip
+    writer.save()
+    inspection = inspect_arg(f"{root}:untyped")
+    untyped, gone = inspection.catalog.lists["index.json"]
+    assert (untyped.kind, untyped.chosen, [c.digest for c in untyped.children]) == (
+        "index",
+        True,
+        [image["digest"]],
+    )
+    assert gone.kind == "index" and gone.error is not None and "is missing" in gone.error
+
+
 def test_several_images_and_none_named_lists_them(built: tuple[Path, dict[str, Any]]) -> None:
     root, _ = built
     inspection = inspect_arg(str(root))
