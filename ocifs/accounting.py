@@ -10,10 +10,12 @@ for each inode, the layer and path that made it and how many names it still has.
 
 What is counted, per layer:
 
-* ``added``: paths the layer's entries create that the layers below did not show.
-* ``modified``: paths the layer's entries replace that the layers below showed (a file over
-  a file, a directory over a file, ...). A directory entry over a directory that stays a
-  directory only restates its attributes (its children are kept) and is not counted.
+* ``added``: paths the layer's entries name that the image after the layer shows and the
+  layers below did not.
+* ``modified``: paths the layer's entries name that the layers below showed and that the
+  image after the layer shows as another inode (a file over a file, a directory over a
+  file, ...). A directory entry over a directory that stays a directory only restates its
+  attributes (its children are kept) and is not counted.
 * ``deleted``: paths the layers below showed that the image after this layer no longer
   shows: whiteouts, every entry an opaque marker removes, and the contents of a directory
   replaced by a non-directory (a path deleted and created again by the layer is
@@ -109,7 +111,8 @@ class _Replay:
         self.files: list[_Node] = []  # every regular file any layer stored
         self.sizes: dict[Path, list[int]] = {}  # dive's score: [sum, smallest] per path
         self.layer = 0
-        self.removed: set[Path] = set()  # paths of lower inodes the current layer took away
+        self.removed: set[Path] = set()  # paths the layers below showed, taken away
+        self.placed: set[Path] = set()  # paths the current layer put an inode at
 
     # --- dive's per-path sizes
 
@@ -141,7 +144,7 @@ class _Replay:
         stack = [(node, path, replaced)]
         while stack:
             current, where, same_path = stack.pop()
-            if current.layer < self.layer:
+            if where not in self.placed:  # a name from below (a hardlink's may be newer)
                 self.removed.add(where)
             if current.children is None:
                 current.names -= 1
@@ -164,6 +167,7 @@ class _Replay:
                     self.remove(child, path[: depth + 1], replaced=True)
                 child = _Node(self.layer, path[: depth + 1], True)
                 directory.children[name] = child
+                self.placed.add(path[: depth + 1])
             directory = child
         return directory
 
@@ -172,6 +176,7 @@ class _Replay:
     def apply(self, position: int, entries: Sequence[TarEntry]) -> LayerAccount:
         self.layer = position
         self.removed = set()
+        self.placed = set()
         account = LayerAccount(position)
         ordinary: list[tuple[Path, TarEntry]] = []
         for entry in entries:
@@ -184,9 +189,19 @@ class _Replay:
                 ordinary.append((components, entry))
             elif isinstance(whiteout, Whiteout):
                 self.whiteout(whiteout)
-        touched: set[Path] = set()
+        # Each path the layer's entries name, with the inode the layers below showed there
+        # (None if none; a whiteout of this layer may have taken it: then it is in removed).
+        touched: dict[Path, _Node | None] = {}
         for components, entry in ordinary:
             self.entry(components, entry, account, touched)
+        for path, below in touched.items():
+            now = self.find(path)
+            if now is None:
+                continue  # gone again by the layer's end: deleted if it was below
+            if below is None and path not in self.removed:
+                account.added += 1
+            elif now is not below:  # another inode there (a kept directory is the same)
+                account.modified += 1
         account.deleted = sum(1 for path in self.removed if self.find(path) is None)
         return account
 
@@ -202,7 +217,9 @@ class _Replay:
             child = parent.children.pop(whiteout.name)
             self.remove(child, (*whiteout.parent, whiteout.name), replaced=False)
 
-    def entry(self, path: Path, entry: TarEntry, account: LayerAccount, touched: set[Path]) -> None:
+    def entry(
+        self, path: Path, entry: TarEntry, account: LayerAccount, touched: dict[Path, _Node | None]
+    ) -> None:
         if not path:
             return  # the root: its attributes only (a non-directory root fails the merge)
         # A parent made here means the path was not below (unless a whiteout took it).
@@ -210,13 +227,8 @@ class _Replay:
         assert parent.children is not None
         name = path[-1]
         existing = parent.children.get(name)
-        if path not in touched:  # the layer's first entry at the path: added or modified?
-            touched.add(path)
-            below = existing if existing is not None and existing.layer < self.layer else None
-            if below is None and path not in self.removed:
-                account.added += 1
-            elif not (entry.kind == DIR and below is not None and below.children is not None):
-                account.modified += 1
+        if path not in touched:
+            touched[path] = existing if path not in self.placed else None
         if entry.kind == DIR:
             if existing is not None and existing.children is not None:
                 return
@@ -240,6 +252,7 @@ class _Replay:
         if existing is not None:
             self.remove(existing, path, replaced=True)
         parent.children[name] = node
+        self.placed.add(path)
 
 
 def account_layers(layers: Sequence[Sequence[TarEntry]], top: int = TOP_HIDDEN) -> Accounting:

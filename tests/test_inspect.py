@@ -14,6 +14,8 @@ import gzip
 import io
 import json
 import os
+import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -39,6 +41,7 @@ from ocifs.inspect import inspect_arg, match_history
 from ocifs.layout import Platform
 from ocifs.ocibuild import LayoutWriter, host_platform, sha256_digest
 from ocifs.tarscan import TarEntry, scan_tar
+from ocifs.tree import MergedTree, TreeBuilder
 
 PLATFORM = host_platform()
 
@@ -170,6 +173,76 @@ def test_an_entry_the_merge_refuses_is_an_error() -> None:
     """W7: accounting refuses what the merge refuses (the command then says so in a note)."""
     with pytest.raises(MergeError):
         account_layers([entries([f("dir/.wh.")])])
+
+
+def random_layers(rng: random.Random) -> list[list[Member]]:
+    """Layers of files, directories (always listed before what they hold), symlinks,
+    hardlinks to files below or earlier, whiteouts, opaque markers, and files written
+    over directories and over files, on a few names so that they collide."""
+    names = ["a", "b", "c", "d"]
+    layers: list[list[Member]] = []
+    files: list[str] = []  # paths written as files so far: hardlink targets
+    for _ in range(rng.randint(2, 5)):
+        members: list[Member] = []
+        for _ in range(rng.randint(1, 8)):
+            depth = rng.randint(1, 3)
+            parts = [rng.choice(names) for _ in range(depth)]
+            for level in range(1, depth):
+                members.append(d("/".join(parts[:level])))
+            path = "/".join(parts)
+            roll = rng.random()
+            if roll < 0.45:
+                members.append(f(path, b"x" * rng.randint(0, 900)))
+                files.append(path)
+            elif roll < 0.55:
+                members.append(d(path))
+            elif roll < 0.6:
+                members.append(sym(path, "elsewhere"))
+            elif roll < 0.7 and files:
+                members.append(link(path, rng.choice(files)))
+            elif roll < 0.9:
+                members.append(wh(path))
+            else:
+                members.append(opaque(path))
+        layers.append(members)
+    return layers
+
+
+def merged(layers: list[list[TarEntry]]) -> MergedTree:
+    builder = TreeBuilder()
+    for position, layer in enumerate(layers):
+        builder.apply_layer(position, layer)
+    return builder.freeze()
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_accounting_agrees_with_the_merge(seed: int) -> None:
+    """On random layers, against the real merged tree (``tree.TreeBuilder``): the data
+    shown is the data not hidden, and each layer changes the number of paths shown by
+    what it added less what it deleted."""
+    rng = random.Random(seed)
+    layers: list[list[TarEntry]] = []
+    for members in random_layers(rng):
+        layer = entries(members)
+        try:
+            merged([*layers, layer])
+        except MergeError:  # a hardlink to a name a whiteout took, say: not an image
+            continue
+        layers.append(layer)
+    result = account_layers(layers)
+    tree = merged(layers)
+    shown = {(node.layer, node.offset): node.size for _, node in tree.walk() if node.layer >= 0}
+    assert result.total_bytes - result.wasted_bytes == sum(shown.values())
+    hidden = {
+        (position, entry.data_offset)
+        for position, layer in enumerate(layers)
+        for entry in layer
+        if entry.kind == "file" and not entry.path.split(b"/")[-1].startswith(b".wh.")
+    } - set(shown)
+    assert result.hidden_files == len(hidden)
+    counts = [0] + [sum(1 for _ in merged(layers[: n + 1]).walk()) for n in range(len(layers))]
+    for position, account in enumerate(result.layers):
+        assert counts[position + 1] - counts[position] == account.added - account.deleted
 
 
 # --- history --------------------------------------------------------------------------------
@@ -665,11 +738,19 @@ def test_progress_is_shown_on_a_terminal_while_indexing(
     root, _ = built
     command = shlex.join([*OCIFS, "inspect", f"{root}:v1", "--cache-dir", str(tmp_path / "c")])
     result = subprocess.run(
-        ["script", "-qefc", command, "/dev/null"], capture_output=True, text=True, timeout=60
+        ["script", "-qefc", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "72"},
     )
     assert result.returncode == 0, result.stdout
-    assert "indexing 2 layer(s)" in result.stdout
+    # the layers index in parallel: the first redraw may come before the second has begun
+    assert re.search(r"ocifs: indexing [12] layer\(s\): ", result.stdout)
     assert "Layers (2: " in result.stdout
+    rows = [line.rstrip("\r") for line in result.stdout.splitlines() if " tar" in line]
+    assert len(rows) == 2
+    assert all(len(row) == 72 and row.endswith("…") for row in rows)  # cut to the width
 
 
 def test_listing_without_a_ref_exits_zero(built: tuple[Path, dict[str, Any]]) -> None:
