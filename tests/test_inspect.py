@@ -857,3 +857,23 @@ def test_what_buildah_built(buildah_layout: tuple[Work, Path]) -> None:
     assert [(h.path, h.layer, h.hidden_by) for h in accounting.largest_hidden] == [
         (b"/data/big", 1, 2)
     ]
+
+
+def test_a_blob_changed_after_inspect_is_caught_by_the_next_index(tmp_path: Path) -> None:
+    """inspect trusts the cache by digest, size and compression (it serves no data); what
+    serves data still checks the blob's sample, so a blob changed in place (same size) is
+    indexed again, and its digest is then found wrong."""
+    writer = LayoutWriter(tmp_path / "layout")
+    tar = make_tar([f("a", b"a" * 100)])
+    layer = writer.add_layer(tar, "none")
+    writer.add_image([layer], ref="v1", platform=PLATFORM)
+    writer.save()
+    cache = tmp_path / "cache"
+    image = f"{tmp_path / 'layout'}:v1"
+    assert run_ocifs("inspect", image, "--cache-dir", str(cache)).returncode == 0
+    blob = writer.blob_path(layer[0]["digest"])
+    blob.write_bytes(tar.replace(b"a" * 100, b"b" * 100))
+    again = json.loads(run_ocifs("inspect", image, "--json", "--cache-dir", str(cache)).stdout)
+    assert again["layers_from_cache"] == 1
+    result = run_ocifs("index", image, "--cache-dir", str(cache))
+    assert result.returncode == 1 and "digest mismatch" in result.stderr
