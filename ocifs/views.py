@@ -86,11 +86,12 @@ def choose_layer(option: str, spec: str, layers: Sequence[LayerRef]) -> int:
         number = int(spec)
         position = number + count if number < 0 else number
         if not 0 <= position < count:
-            last = count - 1
-            raise OcifsError(
-                f"{option} {spec}: the image has {count} layer{'s' if count > 1 else ''}:"
-                f" 0 to {last} from the bottom, or -1 to -{count} from the top"
+            choices = (
+                f"{count} layers: 0 to {count - 1} from the bottom, -1 to -{count} from the top"
+                if count > 1
+                else "1 layer: 0, or -1"
             )
+            raise OcifsError(f"{option} {spec}: the image has {choices}")
         return position
     if not DIGEST_PREFIX.fullmatch(spec):
         raise OcifsError(

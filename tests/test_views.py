@@ -12,6 +12,7 @@ there with ``-o provenance`` only. Neither view reads a blob that the cache has 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -100,7 +101,7 @@ def test_choose_layer_positions_negatives_and_digest_prefixes(tmp_path: Path) ->
     assert choose_layer("--upto", refs[2].digest[:12], layers) == 2
     assert choose_layer("--upto", refs[0].digest, layers) == 0
     problems = {
-        "4": "--upto 4: the image has 4 layers: 0 to 3 from the bottom, or -1 to -4 from the top",
+        "4": "--upto 4: the image has 4 layers: 0 to 3 from the bottom, -1 to -4 from the top",
         "-5": "--upto -5: the image has 4 layers",
         "sha256:": "expected a layer position",
         "top": "expected a layer position",
@@ -533,3 +534,37 @@ def test_provenance_in_the_views(views_layout: tuple[Path, list[str]], tmp_path:
         assert os.getxattr(mnt / "shared", LAYER.decode()) == f"0 {digests[0]}".encode()
         assert os.getxattr(mnt / "etc", LAYER.decode()) == f"0 {digests[0]}".encode()
         assert not (mnt / "top").exists()
+
+
+@pytest.mark.fuse
+def test_layer_mounts_stack_with_overlayfs_into_the_image(
+    views_layout: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """Why whiteouts take overlayfs' form: the three layer mounts, stacked as overlayfs
+    lower layers, are the mounted image (W1, W2, W4, H1, H3), but for what the README lists:
+    link counts of merged directories (overlayfs' own), user.overlay.opaque, which overlayfs
+    shows (it hides trusted.overlay.* only), and the implied parents of an opaque marker
+    for a directory no lower layer has (the merge creates none, W3)."""
+    lay, _ = views_layout
+    image = f"{lay}:views"
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    with contextlib.ExitStack() as mounts:
+        whole = mounts.enter_context(mounted(image, tmp_path / "image"))
+        layers = [
+            mounts.enter_context(mounted(image, tmp_path / f"layer{n}", "--layer", str(n)))
+            for n in range(3)
+        ]
+        lower = ":".join(str(layer) for layer in reversed(layers))
+        sh("mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}", stack)
+        try:
+            differences = diff(snapshot(whole), snapshot(stack), names=("image", "stack"))
+        finally:
+            sh("umount", stack)
+    assert differences == [
+        ".: nlink: image 7 vs stack 1",
+        "app: xattr user.overlay.opaque: image None vs stack b'y'",
+        "etc: nlink: image 2 vs stack 1",
+        "implied: only in stack (dir)",
+        "implied/opq: only in stack (dir)",
+    ]
