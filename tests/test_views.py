@@ -30,6 +30,7 @@ from test_oracle import IMAGES, tag, umoci, unpack
 from treecompare import diff, snapshot
 
 import ocifs.image
+from ocifs.cli import ocifs_options
 from ocifs.errors import LayerError, OcifsError
 from ocifs.image import LoadReport, load_image
 from ocifs.indexcache import IndexCache
@@ -114,6 +115,15 @@ def test_choose_layer_positions_negatives_and_digest_prefixes(tmp_path: Path) ->
         assert message in str(raised.value) and "\n" not in str(raised.value)
     with pytest.raises(OcifsError, match="the image has no layers"):
         choose_layer("--layer", "0", ())
+
+
+def test_ocifs_options_never_reach_libfuse() -> None:
+    """``-o provenance`` is ocifs's: taken out of each -o group, the rest left in order."""
+    assert ocifs_options(["ro,provenance", "allow_other", "provenance"]) == (
+        ["ro", "allow_other", ""],
+        {"provenance"},
+    )
+    assert ocifs_options(["allow_other"]) == (["allow_other"], set())
 
 
 # --- one layer on its own, without a mount ----------------------------------------------------
