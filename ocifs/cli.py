@@ -25,13 +25,15 @@ from .errors import OcifsError, show
 from .image import Image, LoadReport, load_image
 from .imagearg import resolve_arg
 from .indexcache import IndexCache, default_cache_dir
-from .layout import Platform
+from .layout import Platform, ResolvedImage
 from .mountinfo import unescape_mount_path
 from .progress import TerminalProgress
+from .views import WHOLE_IMAGE, View, choose_layer
 
 logger = logging.getLogger(__name__)
 
 FSTYPE = "fuse.ocifs"
+OCIFS_OPTIONS = {"provenance"}  # -o options ocifs takes itself, never handed to libfuse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="OPT[,OPT...]",
-        help="FUSE mount options, such as allow_other",
+        help="mount options: FUSE's, such as allow_other, and ocifs's own: provenance"
+        " (every entry shows the layer it comes from in the xattr user.ocifs.layer)",
+    )
+    view = mount.add_mutually_exclusive_group()
+    view.add_argument(
+        "--upto",
+        metavar="N",
+        help="mount the image as of layer N: layers 0 (the bottom one) to N merged; N may be"
+        " negative (-1 is the top layer) or the start of a layer digest (sha256:3f2a)",
+    )
+    view.add_argument(
+        "--layer",
+        metavar="N",
+        help="mount layer N on its own, as its tar holds it, whiteouts as overlayfs shows them"
+        " (a 0/0 character device, an opaque directory's trusted.overlay.opaque=y)",
     )
     mount.add_argument(
         "--log-file",
@@ -201,10 +217,32 @@ def open_image(args: argparse.Namespace, report: LoadReport) -> Image:
             cache=cache,
             block_cache_bytes=getattr(args, "read_cache", BLOCK_CACHE_BYTES),
             report=report,
+            view=chosen_view(args, resolved),
         )
     finally:
         if progress is not None:
             progress.finish()
+
+
+def chosen_view(args: argparse.Namespace, resolved: ResolvedImage) -> View:
+    """What ``--upto`` or ``--layer`` asks to see of ``resolved``; the whole image if neither."""
+    upto, layer = getattr(args, "upto", None), getattr(args, "layer", None)
+    if upto is not None:
+        return View("upto", choose_layer("--upto", upto, resolved.layers))
+    if layer is not None:
+        return View("layer", choose_layer("--layer", layer, resolved.layers))
+    return WHOLE_IMAGE
+
+
+def ocifs_options(groups: list[str]) -> tuple[list[str], set[str]]:
+    """Split ``-o`` groups into what goes to libfuse and ocifs's own options."""
+    fuse: list[str] = []
+    own: set[str] = set()
+    for group in groups:
+        options = [option for option in group.split(",") if option]
+        own.update(option for option in options if option in OCIFS_OPTIONS)
+        fuse.append(",".join(option for option in options if option not in OCIFS_OPTIONS))
+    return fuse, own
 
 
 def index(args: argparse.Namespace) -> int:
@@ -225,12 +263,13 @@ def mount(args: argparse.Namespace) -> int:
     mountpoint: Path = args.mountpoint
     if not mountpoint.is_dir():
         raise OcifsError(f"mountpoint {mountpoint} is not a directory")
-    options = daemon.mount_options(args.image, args.options)  # a bad option fails before indexing
+    fuse_options, own = ocifs_options(args.options)
+    options = daemon.mount_options(args.image, fuse_options)  # a bad one fails before indexing
     log = daemon.open_log(args.log_file, os.path.realpath(mountpoint), args.foreground)
     if log is not None:
         logger.info("the daemon logs to %s", log.path)
     image = open_image(args, LoadReport())
-    daemon.attach(image, mountpoint, options)
+    daemon.attach(image, mountpoint, options, provenance="provenance" in own)
     if not args.foreground:
         daemon.daemonize(None if log is None else log.fd, args.debug)
     elif log is not None:

@@ -216,13 +216,14 @@ def mount_options(image: str, extra: list[str]) -> set[str]:
     return options
 
 
-def attach(image: Image, mountpoint: Path, options: set[str]) -> None:
-    """Mount ``image`` at ``mountpoint``, ready to be served; an OcifsError saying why not."""
+def attach(image: Image, mountpoint: Path, options: set[str], provenance: bool = False) -> None:
+    """Mount ``image`` at ``mountpoint``, ready to be served; an OcifsError saying why not.
+    ``provenance``: every inode shows the layer it comes from as an xattr (see fuse_ops)."""
     target = os.path.realpath(mountpoint)
     release_free_memory()
     with libfuse_messages() as messages:
         try:
-            operations = ImageOperations(image, lambda: widen_readahead(target))
+            operations = ImageOperations(image, lambda: widen_readahead(target), provenance)
             pyfuse3.init(operations, str(mountpoint), options)
         except Exception as error:  # libfuse reports failures as RuntimeError or OSError
             failure: Exception | None = error

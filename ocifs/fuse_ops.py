@@ -4,6 +4,13 @@ Rules it keeps: only FUSEError leaves a handler (anything else would end the mou
 numbers are the tree's, fixed for the life of the mount; file reads, which may decompress, run
 in a worker thread so a slow read never stalls ``ls``; everything is read-only, and since the
 image never changes, the kernel may cache entries, attributes and pages for as long as it likes.
+
+With ``provenance`` (``-o provenance``), every inode also has the read-only xattr
+``user.ocifs.layer``: the position and digest of the layer of the entry that made it, such as
+``2 sha256:3f2a...`` (a directory: the entry that last set its attributes, or the layer that
+implied it). The kernel lets no one read a ``user.*`` xattr of a symlink, a device or a fifo
+(fs/xattr.c answers ENODATA without asking the filesystem), so there it is not listed; the
+same value is ``trusted.ocifs.layer`` on every inode, listed and readable for root only.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ logger = logging.getLogger(__name__)
 CACHE_TIMEOUT = 24 * 3600.0  # the image is immutable: cache names and attributes for a day
 ST_BLKSIZE = 4096  # the I/O size stat and statfs report
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+PROVENANCE_XATTR = b"user.ocifs.layer"
+TRUSTED_PROVENANCE_XATTR = b"trusted.ocifs.layer"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,10 +73,24 @@ class ImageOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, image: Image, before_first_read: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        image: Image,
+        before_first_read: Callable[[], None] | None = None,
+        provenance: bool = False,
+    ) -> None:
         super().__init__()
         self.image = image
         self.tree = image.tree
+        # The provenance xattr's value for each number the tree's ``layer`` column holds.
+        self.provenance = (
+            {
+                number: f"{layer.position} {layer.digest}".encode()
+                for number, layer in enumerate(image.layers)
+            }
+            if provenance
+            else None
+        )
         # Mount tuning that must wait until the kernel has taken the INIT reply (see daemon).
         self.before_first_read = before_first_read
 
@@ -171,7 +194,7 @@ class ImageOperations(pyfuse3.Operations):
         try:
             return await trio.to_thread.run_sync(self.image.read, node, off, size)
         except DamagedLayer as error:
-            layer = self.image.resolved.layers[node.layer].describe()
+            layer = self.image.layers[node.layer].describe()
             logger.error(
                 "EIO: read of %s (inode %d) at offset %d, %d bytes, from %s: %s",
                 show(self.tree.path_of(fh)),
@@ -189,14 +212,27 @@ class ImageOperations(pyfuse3.Operations):
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        xattrs = self._inode(inode).xattrs
+        node = self._inode(inode)
+        if self.provenance is not None and name in (PROVENANCE_XATTR, TRUSTED_PROVENANCE_XATTR):
+            value = self.provenance.get(node.layer)
+            if value is not None:  # the kernel asks for trusted.* for privileged callers only
+                return value
+        xattrs = node.xattrs
         if xattrs is None or name not in xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return xattrs[name]
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return list(self._inode(inode).xattrs or ())
+        node = self._inode(inode)
+        names = list(node.xattrs or ())
+        if self.provenance is not None and node.layer in self.provenance:
+            names = [n for n in names if n not in (PROVENANCE_XATTR, TRUSTED_PROVENANCE_XATTR)]
+            if stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode):
+                names.append(PROVENANCE_XATTR)  # the kernel hides user.* of other types
+            if ctx.uid == 0:
+                names.append(TRUSTED_PROVENANCE_XATTR)
+        return names
 
     @handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .layerread import CursorBudget, LayerReader, open_reader
 from .layout import LayerRef, ResolvedImage
 from .prefetch import PREFETCH_WORKERS, InflatePool, cache_share
 from .tree import Inode, MergedTree, TreeBuilder
+from .views import WHOLE_IMAGE, View, empty_tree, layer_tree
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,11 @@ ProgressFactory = Callable[[LayerRef], Progress | None]
 
 
 class Image:
-    """A resolved image ready to serve: fixed inodes and lazy file contents."""
+    """A resolved image ready to serve: fixed inodes and lazy file contents.
+
+    ``layers`` are the layers the tree's ``layer`` numbers refer to, ``readers[i]`` reads
+    ``layers[i]``: every layer of the image, or those of a view (``views``).
+    """
 
     def __init__(
         self,
@@ -43,11 +49,15 @@ class Image:
         tree: MergedTree,
         readers: list[LayerReader],
         pool: InflatePool,
+        layers: Sequence[LayerRef] | None = None,
+        view: View = WHOLE_IMAGE,
     ) -> None:
         self.resolved = resolved
         self.tree = tree
         self.readers = readers
         self.pool = pool  # the readers' prefetch threads
+        self.layers = tuple(resolved.layers if layers is None else layers)
+        self.view = view
 
     def read(self, node: Inode, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a regular file at ``offset``; short only at end of file.
@@ -96,8 +106,12 @@ def load_image(
     spacing: int = DEFAULT_SPACING,
     report: LoadReport | None = None,
     cancel: threading.Event | None = None,
+    view: View = WHOLE_IMAGE,
 ) -> Image:
-    """Index every layer (or take its index from the cache) and merge them.
+    """Index every layer (or take its index from the cache) and merge them; or, for a
+    ``view``, the layers it needs (``--upto N``: 0..N, merged and cached as the image of
+    those layers would be; ``--layer N``: layer N, and its lower ones only if a hardlink
+    points into them).
 
     Raises OcifsError (one line) on bad input, IndexingCancelled once ``cancel`` is set.
     The first question is whether the cache holds the merged tree of these layers: then only
@@ -106,8 +120,79 @@ def load_image(
     the blob, and the layers are merged. An index built without verification is not used by
     a load that verifies.
     """
-    layers = resolved.layers
     report = report if report is not None else LoadReport()
+
+    def merged(layers: Sequence[LayerRef]) -> tuple[MergedTree, list[LayerIndex]]:
+        return merged_tree(layers, verify, progress, jobs, cache, spacing, report, cancel)
+
+    if view.kind == "layer":
+        layer = resolved.layers[view.position]
+        index = index_layers([layer], verify, progress, jobs, cache, spacing, report, cancel)[0]
+        layers, tree, indexes = single_layer(resolved.layers, view.position, index, merged)
+    else:
+        layers = resolved.layers if view.kind == "image" else resolved.layers[: view.position + 1]
+        tree, indexes = merged(layers)
+    logger.info("%d layers (%s), %d inodes", len(layers), view.describe(), len(tree))
+    blocks = BlockCache(block_cache_bytes)  # one bound on decompressed data, for all layers
+    pool = InflatePool(PREFETCH_WORKERS, cache_share(blocks))  # one bound on prefetch, too
+    budget = CursorBudget()  # and one on the live cursors' memory
+    readers: list[LayerReader] = []
+    try:
+        for layer, index in zip(layers, indexes, strict=True):
+            readers.append(open_reader(layer, index.points, blocks, pool, index.blocks, budget))
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        pool.close()
+        raise
+    return Image(resolved, tree, readers, pool, layers, view)
+
+
+def single_layer(
+    layers: Sequence[LayerRef],
+    position: int,
+    index: LayerIndex,
+    merged: Callable[[Sequence[LayerRef]], tuple[MergedTree, list[LayerIndex]]],
+) -> tuple[Sequence[LayerRef], MergedTree, list[LayerIndex]]:
+    """Layer ``position`` on its own (``views.layer_tree``), from its index with entries;
+    the layers the tree refers to, and their indexes: that layer alone, or all of 0..position
+    if a hardlink of it points into the lower ones (their tree merged by ``merged``). Not
+    cached: building it costs what merging this one layer does."""
+    layer = layers[position]
+    lower: list[list[LayerIndex]] = []
+
+    def lower_tree() -> MergedTree:
+        if position == 0:
+            return empty_tree()
+        tree, indexes = merged(layers[:position])
+        lower.append(indexes)
+        return tree
+
+    assert index.entries is not None, "a layer is shown from its entries"
+    try:
+        tree, used_lower = layer_tree(position, index.entries, lower_tree)
+    except MergeError as error:
+        raise LayerError(f"{layer.describe()}: {error}") from error
+    index = index.without_entries()
+    if not used_lower or position == 0:
+        # One layer: the tree's numbers become indexes into (layer,).
+        tree.layer = array("i", [-1 if number == -1 else 0 for number in tree.layer])
+        return (layer,), tree, [index]
+    return layers[: position + 1], tree, [*lower[0], index]
+
+
+def merged_tree(
+    layers: Sequence[LayerRef],
+    verify: bool,
+    progress: ProgressFactory | None,
+    jobs: int | None,
+    cache: IndexCache | None,
+    spacing: int,
+    report: LoadReport,
+    cancel: threading.Event | None,
+) -> tuple[MergedTree, list[LayerIndex]]:
+    """The merged tree of ``layers`` and their indexes (without entries): from the cache, which
+    keys a tree by the digests of the layers it merges, or merged and stored there."""
     indexes = None
     tree = cached_tree(cache, layers)
     if tree is not None:
@@ -121,20 +206,7 @@ def load_image(
         tree = merge(layers, indexes)  # drops each layer's entries once applied
         if cache is not None:
             cache.store_tree(layers, tree)
-    logger.info("%d layers, %d inodes", len(layers), len(tree))
-    blocks = BlockCache(block_cache_bytes)  # one bound on decompressed data, for all layers
-    pool = InflatePool(PREFETCH_WORKERS, cache_share(blocks))  # one bound on prefetch, too
-    budget = CursorBudget()  # and one on the live cursors' memory
-    readers: list[LayerReader] = []
-    try:
-        for layer, index in zip(layers, indexes, strict=True):
-            readers.append(open_reader(layer, index.points, blocks, pool, index.blocks, budget))
-    except BaseException:
-        for reader in readers:
-            reader.close()
-        pool.close()
-        raise
-    return Image(resolved, tree, readers, pool)
+    return tree, indexes
 
 
 def cached_tree(cache: IndexCache | None, layers: Sequence[LayerRef]) -> MergedTree | None:

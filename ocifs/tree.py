@@ -79,7 +79,10 @@ class Node:
         self.nlink = 1
         self.xattrs: dict[bytes, bytes] | None = None
         self.target = b""  # symlink text
-        self.layer = -1  # layer whose blob holds a regular file's data
+        # The layer of the entry that made the node what it is: for a regular file the layer
+        # whose blob holds its data; for a directory the last entry that set its attributes
+        # (or the layer that implied it). -1: no layer (the root of an image without layers).
+        self.layer = -1
         self.offset = 0  # where that data starts in the layer's uncompressed tar stream
         self.sparse: tuple[tuple[int, int], ...] | None = None
         self.children: dict[bytes, Node] | None = {} if stat.S_ISDIR(mode) else None
@@ -98,9 +101,11 @@ class Node:
         self.xattrs = entry.xattrs or None
 
 
-def implied_directory() -> Node:
-    """A parent that no entry names (M8, M9): 0755, owned by 0:0."""
-    return Node(stat.S_IFDIR | 0o755)
+def implied_directory(layer: int = -1) -> Node:
+    """A parent that no entry names (M8, M9): 0755, owned by 0:0, of the layer that needs it."""
+    node = Node(stat.S_IFDIR | 0o755)
+    node.layer = layer
+    return node
 
 
 def split_path(raw: bytes) -> tuple[bytes, ...]:
@@ -156,6 +161,8 @@ class TreeBuilder:
 
     def apply_layer(self, layer: int, entries: Iterable[TarEntry]) -> None:
         """Apply one layer's entries; raises MergeError naming the entry on a bad one."""
+        if self.root.layer == -1:
+            self.root.layer = layer  # the root is implied by the first layer, like any parent
         ordinary: list[tuple[tuple[bytes, ...], TarEntry]] = []
         for entry in entries:
             components = split_path(entry.path)
@@ -189,17 +196,20 @@ class TreeBuilder:
             if entry.kind != DIR:
                 raise MergeError(f"root entry {show(entry.path)} is not a directory")
             self.root.set_attributes(entry)
+            self.root.layer = layer
             return
-        parent = self._make_parents(components[:-1])
+        parent = self._make_parents(components[:-1], layer)
         assert parent.children is not None
         name = components[-1]
         existing = parent.children.get(name)
         if entry.kind == DIR:
             if existing is not None and existing.is_dir:
                 existing.set_attributes(entry)  # keep the children (M3, M6)
+                existing.layer = layer
                 return
             node = Node(stat.S_IFDIR)
             node.set_attributes(entry)
+            node.layer = layer
         elif entry.kind == HARDLINK:
             node = self._link_target(entry)
             if node is existing:
@@ -211,7 +221,7 @@ class TreeBuilder:
             drop(existing)  # replaced entirely, subtree and all (M2, M4, M7)
         parent.children[name] = node
 
-    def _make_parents(self, components: tuple[bytes, ...]) -> Node:
+    def _make_parents(self, components: tuple[bytes, ...], layer: int) -> Node:
         directory = self.root
         for name in components:
             assert directory.children is not None
@@ -219,7 +229,7 @@ class TreeBuilder:
             if child is None or not child.is_dir:
                 if child is not None:
                     drop(child)  # a non-directory in the way becomes a directory (M9)
-                child = implied_directory()
+                child = implied_directory(layer)
                 directory.children[name] = child
             directory = child
         return directory
@@ -256,9 +266,9 @@ class TreeBuilder:
 def new_leaf(layer: int, entry: TarEntry) -> Node:
     node = Node(FILE_TYPES[entry.kind])
     node.set_attributes(entry)
+    node.layer = layer
     if entry.kind == FILE:
         node.size = entry.size
-        node.layer = layer
         node.offset = entry.data_offset
         node.sparse = entry.sparse
     elif entry.kind == SYMLINK:
@@ -309,7 +319,7 @@ class Inode(NamedTuple):
     size: int
     rdev: int
     nlink: int
-    layer: int  # layer whose blob holds a regular file's data, -1 otherwise
+    layer: int  # layer of the entry that made it (a regular file: holds its data); -1: none
     offset: int  # where that data starts in the layer's uncompressed tar stream
     sparse: tuple[tuple[int, int], ...] | None
     xattrs: dict[bytes, bytes] | None
@@ -358,7 +368,7 @@ class MergedTree:
     size: array[int]
     rdev: array[int]
     nlink: array[int]
-    layer: array[int]  # layer whose blob holds a regular file's data, -1 for none
+    layer: array[int]  # see Node.layer: the data's layer for a regular file, -1 for none
     offset: array[int]  # data offset; for a symlink, its text's place in targets
     parent: array[int]  # a directory's parent
     first_child: array[int]  # a directory's run in the child columns

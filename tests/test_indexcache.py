@@ -358,10 +358,13 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
 # (entries Linux cannot carry are refused while indexing: T4-T6) changed only the version
 # fields; then, before anything released used version 3, the layer file gained the block sums
 # of a verified layer (meta "blocks" and section "blocks.sums", from the blockcheck branch),
-# and its digest changed without another bump. If these change, so must FORMAT_VERSION, or
-# old caches are misread.
-FIXED_LAYER_FILE_SHA256 = "a6ad06578fa8149460e5408c3e9ca43fa15a4f1f27ed076d6df2189ebdeac19e"
-FIXED_TREE_FILE_SHA256 = "22408ea3d949c297246734ec3f001ad5ea299f40598ee064c42f9105cc4b39bd"
+# and its digest changed without another bump. Version 4: the tree's layer column names the
+# layer of every inode (a directory's last attribute change, the layer that implied a parent,
+# a symlink's or a device's entry), not only of regular files (-1 before), for -o provenance;
+# the layer file changed only in its version field. If these change, so must FORMAT_VERSION,
+# or old caches are misread.
+FIXED_LAYER_FILE_SHA256 = "71c92b921ad2e97952a4b31253904396f489915f4cd548428a46cda07483bdb8"
+FIXED_TREE_FILE_SHA256 = "d8dca7b97920a346e15b53dea3433c4170d0b692fa9098063e016c3d1833ca7a"
 FIXED_MTIME_NS = 1_700_000_000_123_456_789
 
 
