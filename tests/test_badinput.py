@@ -583,6 +583,50 @@ def test_t6_xattrs_the_engines_leave_out_are_left_out_of_the_mount(tmp_path: Pat
         unmount(mountpoint)
 
 
+@pytest.mark.fuse
+def test_t6_acls_with_no_entries_are_not_listed_and_every_listed_name_reads(
+    tmp_path: Path,
+) -> None:
+    """T6 A7: an ACL xattr with no entries (an empty value, a version header alone) is what
+    setxattr takes as "remove the ACL", so an engine's file has none; it is left out with one
+    warning line each (the fuzzer found it listed while getxattr gave ENODATA). Read with
+    getfattr, and listxattr and getxattr agree on every name of the tree."""
+    members = [
+        d("dir", pax={**xattr("system.posix_acl_default", b""), **xattr("user.d", b"1")}),
+        f("dir/file", b"x", pax={**xattr("system.posix_acl_access", b"\x02\0\0\0")}),
+        f("good", b"y", pax={**xattr("system.posix_acl_access", ACL_GOOD)}),
+    ]
+    layout, _ = two_layers(tmp_path / "layout", make_tar(members, fmt=tarfile.PAX_FORMAT))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_ocifs("mount", f"{layout.root}:latest", str(mountpoint))
+    try:
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.rstrip("\n").split("\n")
+        assert len(lines) == 2, result.stderr
+        assert "'dir/'" in lines[0] and "system.posix_acl_default' left out" in lines[0]
+        assert "'dir/file'" in lines[1] and "system.posix_acl_access' left out" in lines[1]
+        assert all("no entries" in line for line in lines)
+        dumped = subprocess.run(
+            ["getfattr", "-R", "-d", "-m", "-", "-e", "hex", "."],
+            cwd=mountpoint,
+            capture_output=True,
+            text=True,
+        )
+        assert dumped.returncode == 0 and dumped.stderr == "", dumped.stderr
+        names = [line.split("=")[0] for line in dumped.stdout.split("\n") if "=" in line]
+        assert sorted(names) == ["system.posix_acl_access", "user.d"], dumped.stdout
+        served = os.getxattr(mountpoint / "good", "system.posix_acl_access")
+        # the kernel re-encodes the ACL it parsed, with id -1 where an entry names nobody
+        tags_perms = [(t, p) for t, p, _ in struct.iter_unpack("<HHI", served[4:])]
+        assert tags_perms == [(t, p) for t, p, _ in struct.iter_unpack("<HHI", ACL_GOOD[4:])]
+        for path in [mountpoint, *mountpoint.rglob("*")]:
+            for name in os.listxattr(path, follow_symlinks=False):
+                os.getxattr(path, name, follow_symlinks=False)  # raises if they disagree
+    finally:
+        unmount(mountpoint)
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
