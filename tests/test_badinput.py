@@ -627,6 +627,35 @@ def test_t6_acls_with_no_entries_are_not_listed_and_every_listed_name_reads(
         unmount(mountpoint)
 
 
+def test_b2_a_blob_linked_to_a_host_fifo_is_refused_and_never_opened(tmp_path: Path) -> None:
+    """B2 R10: a layer blob that is a symlink to a FIFO outside the layout: ``ocifs index``
+    refuses it in one line naming the blob, and strace shows that no system call but
+    readlink named the FIFO or its directory (ocifs used to stat it through the link; an
+    open would block, and the timeout would fail the test)."""
+    layout, top = two_layers(tmp_path / "layout", GOOD_TAR)
+    fifo = tmp_path / "host" / "fifo"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    layout.path(top["digest"]).unlink()
+    layout.path(top["digest"]).symlink_to(fifo)
+    trace = tmp_path / "trace.txt"
+    command = ["strace", "-f", "-qq", "-s", "4096", "-e", "trace=%file", "-o", str(trace)]
+    result = subprocess.run(
+        [*command, *OCIFS, "index", "--no-cache", f"{layout.root}:latest"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert top["digest"] in lines[0] and f"is a symlink to '{fifo}', out of" in lines[0]
+    calls = trace.read_text().splitlines()
+    assert any("readlink" in call and str(fifo) in call for call in calls)  # strace saw it
+    named = [call for call in calls if str(fifo.parent) in call and "readlink" not in call]
+    assert named == []  # neither the FIFO nor its directory: no open, no stat
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
