@@ -1472,3 +1472,21 @@ def test_b2_a_symlink_loop_in_the_layout_is_one_line(tmp_path: Path) -> None:
     (root / layer).symlink_to(layer.rsplit("/", 1)[1])
     message = error(root, ref="latest")
     assert layer.rsplit("/", 1)[1] in message and "symbolic links" in message
+
+
+def test_r2_b2_a_digest_named_blob_leading_out_is_refused(tmp_path: Path) -> None:
+    """R2 B2: LAYOUT@DIGEST of a manifest blob index.json does not list, that is a symlink
+    out of the layout, is the same one line as for any other blob, not "no manifest with
+    digest"."""
+    root = tmp_path / "layout"
+    _, descriptor = simple(root)
+    write_index(root, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+    name = layout_names(root, descriptor)["manifest"]
+    outside = tmp_path / "manifest"
+    (root / name).rename(outside)
+    (root / name).symlink_to(outside)
+    message = error(root, digest=descriptor["digest"])
+    assert message == (
+        f"{root}@{descriptor['digest']} is refused: {show(name)} is a symlink to"
+        f" {show(str(outside))}, out of {root}"
+    )
