@@ -58,7 +58,7 @@ def find_beneath(root: Path, relative: str) -> Found | None:
     """The file at ``relative`` (a clean relative path, no ``..``) of the directory ``root``,
     symlinks inside it followed; None if there is nothing there (or a component on the way is
     no directory). LeadsOut if a symlink leads out, OSError(ELOOP) after MAX_LINKS links."""
-    real_root = os.path.realpath(root)
+    tops = {os.path.realpath(root), str(Path(root).absolute())}  # as an absolute link names it
     pending = _components(relative)[::-1]  # a stack: the next component last
     done: list[str] = []
     fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
@@ -85,7 +85,7 @@ def find_beneath(root: Path, relative: str) -> Found | None:
                     )
                 target = os.readlink(part, dir_fd=fds[-1])
                 link = "/".join([*done, part])
-                rest = _inside(real_root, done, target)
+                rest = _inside(tops, done, target)
                 if rest is None:
                     raise LeadsOut(link, target)
                 if os.path.isabs(target):  # an absolute target inside: walk it from the top
@@ -110,15 +110,17 @@ def _components(path: str) -> list[str]:
     return [part for part in path.split("/") if part not in ("", ".")]
 
 
-def _inside(real_root: str, done: list[str], target: str) -> list[str] | None:
+def _inside(tops: set[str], done: list[str], target: str) -> list[str] | None:
     """The components a symlink in ``done`` (a directory of the root, by its components)
     whose text is ``target`` adds to the walk, or None if it leads out of the root; worked
-    out on the text alone, as every directory in ``done`` is a real one (no symlink)."""
+    out on the text alone, as every directory in ``done`` is a real one (no symlink). An
+    absolute target must start with one of ``tops``, the root's paths."""
     if os.path.isabs(target):
-        if target != real_root and not target.startswith(real_root.rstrip("/") + "/"):
+        top = next((t for t in tops if target == t or target.startswith(t.rstrip("/") + "/")), None)
+        if top is None:
             return None
         start: list[str] = []
-        parts = _components(target[len(real_root) :])
+        parts = _components(target[len(top) :])
     else:
         start, parts = list(done), _components(target)
     depth = len(start)

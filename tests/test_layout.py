@@ -1437,7 +1437,8 @@ def test_b2_links_that_lead_out_by_way_of_the_top_are_refused(tmp_path: Path) ->
 def test_b2_symlinks_that_stay_inside_the_layout_are_followed(tmp_path: Path) -> None:
     """B2: links inside the layout are harmless (``docker save`` writes them), so they are
     followed, whatever the way: a blob to a file beside it, a blob directory to another
-    directory of the layout, index.json through '..', a blob by an absolute path inside."""
+    directory of the layout, index.json through '..', a blob by an absolute path inside, and
+    oci-layout by the path the user names the layout by (itself a symlink)."""
     root = tmp_path / "layout"
     _, descriptor = simple(root)
     names = layout_names(root, descriptor)
@@ -1452,7 +1453,10 @@ def test_b2_symlinks_that_stay_inside_the_layout_are_followed(tmp_path: Path) ->
     (root / "index.json").symlink_to("meta/../meta/index.json")
     (root / "blobs/sha256").rename(root / "store")
     (root / "blobs/sha256").symlink_to("../store")
-    found = resolve(root, "latest", platform=AMD64)
+    (tmp_path / "named").symlink_to(root)  # the layout as the user names it, by a link
+    (root / "oci-layout").rename(root / "meta/oci-layout")
+    (root / "oci-layout").symlink_to(tmp_path / "named/meta/oci-layout")
+    found = resolve(tmp_path / "named", "latest", platform=AMD64)
     assert found.config == expected.config
     assert [layer.digest for layer in found.layers] == [layer.digest for layer in expected.layers]
     handle = found.layers[0].blob.open()
