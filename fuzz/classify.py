@@ -4,7 +4,11 @@ The classes, most severe first (``SEVERITY``):
 
 * ``fuzzer-error``: the fuzzer itself failed on the case (its bug, kept like any other).
 * ``host-path``: a host path outside the case was named or opened by ocifs (strace), a
-  canary changed, or a canary's bytes came out of the mount.
+  canary changed, or a canary's bytes came out of the mount. One reached through a symlink of
+  the store (a symlinked blob, ``blobs`` or ``index.json`` leading out of the layout) counts
+  here too: the layout directory is part of the image, and ocifs refuses such a link before it
+  looks at anything outside (``ocifs.beneath``); that it used to open and hash the target
+  first, then refuse it on its digest, is what this class caught.
 * ``wrong-bytes``: a read gave bytes that are in no layer stream, a pread disagreed with the
   full read, a read was short, or a symlink's length is not its st_size.
 * ``wrong-tree``: no layer stream was changed, yet the mount is none of the seed's trees.
@@ -22,8 +26,7 @@ The classes, most severe first (``SEVERITY``):
 
 Then the findings already known (issue 11; their fixes are under way), each told by its own
 signature so that it is counted apart from the unknown ones (``KNOWN``), and last the clean
-outcomes: ``store-symlink-followed`` (a symlink of the store itself led out of it: the user's
-directory, not the image, said so; reported, not a failure), ``no-verify-unchecked`` (a
+outcomes: ``no-verify-unchecked`` (a
 ``--no-verify`` mount of a store changed after its digests were taken, by an archive, file or
 live mutation or with digests left stale, served bytes that are not the image's: what the option
 says it does not check), ``refused`` (non-zero exit, one
@@ -66,7 +69,7 @@ KNOWN = {
     "size-option-message": "a bad --read-cache value's line does not say what a size looks like",
     "live-damage-served": "a blob overwritten under a live mount: reads give wrong bytes, no EIO",
 }
-CLEAN = ["store-symlink-followed", "no-verify-unchecked", "refused", "mounted"]
+CLEAN = ["no-verify-unchecked", "refused", "mounted"]
 ORDER = [*SEVERITY, *KNOWN, *CLEAN]
 XATTR_ERRORS = re.compile(
     r"^(listxattr|getxattr .*): (EIO|ERANGE|E2BIG|EINVAL|ENODATA|EOPNOTSUPP|ENOTSUP)$"
@@ -139,9 +142,7 @@ class Classifier:
 
     def host_paths(self) -> None:
         for touch in self.obs.touches:
-            name = {"store": "store-symlink-followed", "cache": "cache-not-regular"}.get(
-                touch.via, "host-path"
-            )
+            name = "cache-not-regular" if touch.via == "cache" else "host-path"
             self.add(name, touch.describe())
         for path in self.obs.canary_changed:
             self.add("host-path", f"canary {path} changed")

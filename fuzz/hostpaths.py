@@ -16,9 +16,10 @@ directories, all pointed into the case), be what Python and libfuse touch anyway
 interpreter, its libraries, ``/proc``, ``/sys``, ``/dev/fuse``, ``/etc/ld.so.cache``..., and
 every path ``ocifs --version`` names under strace: the ``baseline``), or be the case
 directory or one above it (realpath). Anything naming the canary is flagged wherever it is.
-A path reached through a symlink of the store (a symlinked blob) is told apart: the user's
-own directory said so, not the image. One reached through a symlink in the index cache is the
-known finding of cache files that are not regular files. Limits: only the ocifs processes are
+A path reached through a symlink of the store (a symlinked blob) is told apart in the
+report, and is a host path all the same: the layout directory is part of the image. One
+reached through a symlink in the index cache is the known finding of cache files that are not
+regular files. Limits: only the ocifs processes are
 traced, not the kernel's side of the FUSE requests; the working directory is followed by
 ``chdir`` lines, not per process; background mounts are not traced (strace would outlive the
 command); a name passed through a syscall outside ``%file`` (ocifs makes none) is missed; and

@@ -13,13 +13,17 @@ bytes only at the blob's end, and raises ``OSError`` when the bytes cannot be ha
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from .beneath import open_beneath
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +70,14 @@ class NotAFile(OSError):
 @dataclass(frozen=True)
 class FileBlob:
     """A blob stored as bytes ``[offset, offset + size)`` of a host file: a layout's blob file
-    (offset 0, the whole file) or a member of an uncompressed archive."""
+    (offset 0, the whole file) or a member of an uncompressed archive. A layout's blob has its
+    directory as ``beneath``: ``path`` is then that directory joined with a path with no
+    symlink in it, and every open walks it without following one (``beneath.open_beneath``)."""
 
     path: Path
     size: int
     offset: int = 0
+    beneath: Path | None = None
 
     def open(self) -> FileBlobHandle:
         return FileBlobHandle(self)
@@ -86,7 +93,14 @@ class FileBlobHandle:
 
     def __init__(self, blob: FileBlob) -> None:
         self.blob = blob
-        self.fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
+        if blob.beneath is None:
+            self.fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
+            return
+        self.fd = open_beneath(blob.beneath, str(blob.path.relative_to(blob.beneath)))
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):  # changed since it was looked up
+            os.close(self.fd)
+            self.fd = -1
+            raise NotAFile(errno.EIO, f"{blob.path} is no longer a regular file")
 
     def pread(self, size: int, offset: int) -> bytes:
         size = max(0, min(size, self.blob.size - offset))

@@ -387,10 +387,7 @@ def _select_top(
                 return entry
         # Any manifest or index blob of the layout may be named by digest; its size is taken
         # from the blob (capped) and its content is still checked against the digest.
-        try:
-            found = source.file(sources.blob_name(digest))
-        except OSError:
-            found = None
+        found = sources.blob(source, digest, f"{layout}@{digest}")
         if found is None:
             _fail(f"{layout}: no manifest or index with digest {digest} in the layout")
         return _Descriptor(None, digest, found.size)

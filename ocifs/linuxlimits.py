@@ -24,6 +24,14 @@ attribute) rather than serve what a read of the mount would then fail on.
   error; ENOTSUP is what a name outside the namespaces Linux has handlers for gets
   (``user.``, ``trusted.``, ``security.``, and of ``system.`` the two ACLs), and an ACL of
   another version than 2 or on a symlink. Those are left out here too, with a warning.
+  So is an ACL with no entries (an empty value, or the 4-byte version header alone): setxattr
+  takes it as "remove the ACL" and succeeds, so the engine's file has no such attribute.
+  Seen on this project's host (Linux 6.18, ext4 and tmpfs): ``setfattr -n
+  system.posix_acl_access -v 0x02000000 f`` exits 0, then ``getfattr -d -m - f`` lists
+  nothing and ``getfattr -n system.posix_acl_access f`` says "No such attribute"; an empty
+  value on a directory's ``system.posix_acl_default`` removes the default ACL it had. Served
+  as it is, such an attribute was listed by listxattr while getxattr gave ENODATA (the
+  kernel's FUSE client parses an ACL it gets, and one with no entries is none).
   The limits are the VFS's: a filesystem may hold less (ext4 without ``ea_inode`` keeps all of
   an inode's xattrs in one block), and a security module may refuse ``security.*`` values.
 """
@@ -128,7 +136,7 @@ def acl_problem(value: bytes, file_type: int, default: bool) -> tuple[str, bool]
     posix_acl_from_xattr reads it, vfs_set_acl refuses symlinks, posix_acl_valid checks the
     entries, set_posix_acl keeps default ACLs for directories; None if it is set."""
     entries: list[tuple[int, int, int]] = []
-    if value:  # an empty value is no ACL: setting it removes one
+    if value:  # an empty value is no ACL, as a header alone is: setting either removes one
         if len(value) < ACL_HEADER.size:
             return _refuse(f"an ACL of {len(value)} bytes, shorter than its header (EINVAL)")
         (version,) = ACL_HEADER.unpack_from(value)
@@ -142,8 +150,8 @@ def acl_problem(value: bytes, file_type: int, default: bool) -> tuple[str, bool]
             return _refuse(f"an ACL the kernel cannot read: {problem} (EINVAL)")
     if file_type == stat.S_IFLNK:
         return _leave_out("an ACL on a symlink (EOPNOTSUPP)")
-    if not entries:
-        return None  # a header alone is no ACL either
+    if not entries:  # setxattr takes it as "remove the ACL": the engine's file has none
+        return _leave_out("an ACL with no entries, which setxattr takes as removing the ACL")
     problem = _acl_order_problem(entries)
     if problem is not None:
         return _refuse(f"an ACL the kernel refuses: {problem} (EINVAL)")

@@ -12,7 +12,9 @@ source to come.
 
 Names come from the image and are not trusted: one that is absolute or has a ``..`` component
 never matches (``archive.member_name``), so nothing an image says can open a host path outside
-the source.
+the source. Nor can a directory's symlinks: ``DirectorySource`` follows one only while it stays
+inside the directory (``beneath``) and refuses the file, before opening anything, when one
+leads out.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .archive import Archive, identify, member_name, read_members
+from .beneath import LeadsOut, find_beneath
 from .blobs import Blob, FileBlob, NotAFile, Progress
-from .errors import LayoutError
+from .errors import LayoutError, show
 
 if TYPE_CHECKING:
     from .indexcache import IndexCache
@@ -64,6 +67,11 @@ def find(source: BlobSource, name: str, what: str) -> Blob | None:
         return source.file(name)
     except NotAFile:
         raise LayoutError(f"{what} is not a regular file") from None
+    except LeadsOut as error:
+        raise LayoutError(
+            f"{what} is refused: {show(error.link)} is a symlink to {show(error.target)},"
+            f" out of {source.path}"
+        ) from None
     except OSError as error:
         raise LayoutError(f"{what} cannot be read: {error.strerror or error}") from error
 
@@ -104,17 +112,19 @@ class DirectorySource:
     path: Path
 
     def file(self, name: str) -> Blob | None:
+        """As BlobSource.file; a symlink on the way is followed only while it stays inside
+        the directory (``beneath``: LeadsOut, before anything outside is looked at, if it
+        leads out), and the blob is opened without following any symlink."""
         relative = member_name(name)
         if relative is None:
             return None
-        path = self.path / relative
-        try:
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
+        found = find_beneath(self.path, relative)
+        if found is None:
             return None
-        if not stat.S_ISREG(st.st_mode):
+        path = self.path / found.relative
+        if not stat.S_ISREG(found.stat.st_mode):
             raise NotAFile(f"{path} is not a regular file")
-        return FileBlob(path, st.st_size)
+        return FileBlob(path, found.stat.st_size, beneath=self.path)
 
 
 @dataclass(frozen=True)

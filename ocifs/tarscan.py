@@ -27,7 +27,8 @@ real member with every extension header folded in:
 
 Each entry is then held to what Linux can make of it (``linuxlimits``: device numbers, paths
 and link targets within PATH_MAX, xattrs setxattr(2) would take: T4-T6), as the engines'
-system calls would hold it; xattrs the engines leave out (ENOTSUP) are left out too.
+system calls would hold it; xattrs the engines end up without (ENOTSUP, or an ACL with no
+entries, which setxattr takes as a removal) are left out too.
 
 The stream may end at a header boundary, right after a member's data or inside its padding,
 after one zero block, or after two zero blocks and anything at all (T1, T2). Each typeflag has
@@ -558,7 +559,7 @@ class _Scanner:
 
     def linux_limits(self, entry: TarEntry) -> None:
         """Refuse what Linux cannot make of the entry, as the engines' system calls would
-        (T4-T6: ``linuxlimits``); leave out the xattrs they leave out, with a warning."""
+        (T4-T6: ``linuxlimits``); leave out the xattrs they end up without, with a warning."""
         offset, path = entry.header_offset, entry.path
         problem = linuxlimits.path_problem(path, "path")
         if problem is None and entry.kind == HARDLINK:
@@ -578,7 +579,7 @@ class _Scanner:
                 self.fail(f"xattr {show(name)}: {reason}", offset, path)
             logger.warning(
                 "tar stream: entry %s at offset %d: xattr %s left out: %s;"
-                " container engines leave it out too",
+                " container engines end up without it too",
                 show(path),
                 offset,
                 show(name),

@@ -583,6 +583,79 @@ def test_t6_xattrs_the_engines_leave_out_are_left_out_of_the_mount(tmp_path: Pat
         unmount(mountpoint)
 
 
+@pytest.mark.fuse
+def test_t6_acls_with_no_entries_are_not_listed_and_every_listed_name_reads(
+    tmp_path: Path,
+) -> None:
+    """T6 A7: an ACL xattr with no entries (an empty value, a version header alone) is what
+    setxattr takes as "remove the ACL", so an engine's file has none; it is left out with one
+    warning line each (the fuzzer found it listed while getxattr gave ENODATA). Read with
+    getfattr, and listxattr and getxattr agree on every name of the tree."""
+    members = [
+        d("dir", pax={**xattr("system.posix_acl_default", b""), **xattr("user.d", b"1")}),
+        f("dir/file", b"x", pax={**xattr("system.posix_acl_access", b"\x02\0\0\0")}),
+        f("good", b"y", pax={**xattr("system.posix_acl_access", ACL_GOOD)}),
+    ]
+    layout, _ = two_layers(tmp_path / "layout", make_tar(members, fmt=tarfile.PAX_FORMAT))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_ocifs("mount", f"{layout.root}:latest", str(mountpoint))
+    try:
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.rstrip("\n").split("\n")
+        assert len(lines) == 2, result.stderr
+        assert "'dir/'" in lines[0] and "system.posix_acl_default' left out" in lines[0]
+        assert "'dir/file'" in lines[1] and "system.posix_acl_access' left out" in lines[1]
+        assert all("no entries" in line for line in lines)
+        dumped = subprocess.run(
+            ["getfattr", "-R", "-d", "-m", "-", "-e", "hex", "."],
+            cwd=mountpoint,
+            capture_output=True,
+            text=True,
+        )
+        assert dumped.returncode == 0 and dumped.stderr == "", dumped.stderr
+        names = [line.split("=")[0] for line in dumped.stdout.split("\n") if "=" in line]
+        assert sorted(names) == ["system.posix_acl_access", "user.d"], dumped.stdout
+        served = os.getxattr(mountpoint / "good", "system.posix_acl_access")
+        # the kernel re-encodes the ACL it parsed, with id -1 where an entry names nobody
+        tags_perms = [(t, p) for t, p, _ in struct.iter_unpack("<HHI", served[4:])]
+        assert tags_perms == [(t, p) for t, p, _ in struct.iter_unpack("<HHI", ACL_GOOD[4:])]
+        for path in [mountpoint, *mountpoint.rglob("*")]:
+            for name in os.listxattr(path, follow_symlinks=False):
+                os.getxattr(path, name, follow_symlinks=False)  # raises if they disagree
+    finally:
+        unmount(mountpoint)
+
+
+def test_b2_a_blob_linked_to_a_host_fifo_is_refused_and_never_opened(tmp_path: Path) -> None:
+    """B2 R10: a layer blob that is a symlink to a FIFO outside the layout: ``ocifs index``
+    refuses it in one line naming the blob, and strace shows that no system call but
+    readlink named the FIFO or its directory (ocifs used to stat it through the link; an
+    open would block, and the timeout would fail the test)."""
+    layout, top = two_layers(tmp_path / "layout", GOOD_TAR)
+    fifo = tmp_path / "host" / "fifo"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    layout.path(top["digest"]).unlink()
+    layout.path(top["digest"]).symlink_to(fifo)
+    trace = tmp_path / "trace.txt"
+    command = ["strace", "-f", "-qq", "-s", "4096", "-e", "trace=%file", "-o", str(trace)]
+    result = subprocess.run(
+        [*command, *OCIFS, "index", "--no-cache", f"{layout.root}:latest"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert top["digest"] in lines[0] and f"is a symlink to '{fifo}', out of" in lines[0]
+    calls = trace.read_text().splitlines()
+    assert any("readlink" in call and str(fifo) in call for call in calls)  # strace saw it
+    named = [call for call in calls if str(fifo.parent) in call and "readlink" not in call]
+    assert named == []  # neither the FIFO nor its directory: no open, no stat
+
+
 # --- the command line -------------------------------------------------------------------------
 
 

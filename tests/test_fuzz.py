@@ -187,6 +187,10 @@ def test_classes_from_what_was_seen(tmp_path: Path) -> None:
         outcome_of(tmp_path / "l", exit_code=1, stderr=one, canary_changed=["/tmp/x"])
         == "host-path"
     )
+    # A symlinked blob followed out of the layout, then refused on its digest (as ocifs did
+    # before it refused such links unopened): a host path, not a clean refusal.
+    followed = [hostpaths.Touch("openat", str(mu.CANARY_SECRET), "store")]
+    assert outcome_of(tmp_path / "m", exit_code=1, stderr=one, touches=followed) == "host-path"
 
 
 def test_what_no_verify_and_live_damage_may_serve(tmp_path: Path) -> None:
@@ -292,6 +296,35 @@ def test_every_seed_mounts_clean(tmp_path: Path, name: str) -> None:
         outcome = classify(spec, built, observation)
         assert outcome.primary == "mounted", outcome.classes
         remove_case_dir(case.dir)
+
+
+@pytest.mark.fuse
+def test_symlinked_blobs_leading_out_are_clean_refusals_with_nothing_touched(
+    tmp_path: Path,
+) -> None:
+    """The fuzzer's symlinked blobs of a layout and of an unpacked docker save, run under
+    strace: one leading out of the store (to the canary) is a clean refusal naming the link
+    with no host path named or opened; the others refuse or mount, nothing touched. (ocifs
+    used to open and hash the canary through a docker save's ``layer.tar``, whose size no
+    descriptor gives, then refuse it on its digest: strace saw that open as ``host-path``.)"""
+    settings = Settings(OCIFS, True, hostpaths.baseline(OCIFS, tmp_path))
+    hostpaths.place_canary(mu.CANARY_SECRET)
+    escaping = []
+    for image, seed in [("gzip2", 0), ("gzip2", 1), *(("docker-dir", n) for n in range(4))]:
+        plan = [Planned("files", "symlink", (), seed)]
+        spec = CaseSpec(seed, image, plan, True, False, False, True)
+        case = Case(spec, tmp_path, tmp_path / f"case-{image}-{seed}", settings)
+        built, observation = case.run()
+        outcome = classify(spec, built, observation)
+        note = built.notes[0]
+        assert observation.touches == [], (note, observation.touches)
+        assert outcome.primary in ("refused", "mounted"), (note, outcome.classes)
+        if mu.CANARY_NAME in note.rsplit(" -> ", 1)[1]:
+            escaping.append(image)
+            assert outcome.primary == "refused", (note, outcome.classes)
+            assert "is a symlink to" in observation.stderr and ", out of " in observation.stderr
+        remove_case_dir(case.dir)
+    assert "gzip2" in escaping and "docker-dir" in escaping, escaping
 
 
 def fuzz(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import pytest
 
 from ocifs import layout as L
 from ocifs import mediatypes
-from ocifs.errors import LayoutError
+from ocifs.errors import LayoutError, show
 from ocifs.imagearg import split_image_arg
 from ocifs.layout import Platform, resolve
 from ocifs.mediatypes import (
@@ -1367,4 +1367,130 @@ def test_b1_control_characters_in_documents_stay_on_one_line(tmp_path: Path) -> 
     assert error(tmp_path, ref="a\nb") == (
         f"{tmp_path}: index {inner['digest']}: no manifest for platform linux/amd64; "
         "platforms present: 'linux/arm64\\nx', linux/s390x"
+    )
+
+
+# --- B2, R10: symlinks of the layout directory ----------------------------------------------
+
+
+def layout_names(root: Path, descriptor: dict[str, Any]) -> dict[str, str]:
+    """The names of the layout's files and directories the escape tests link out."""
+    manifest = json.loads(blob(root, descriptor["digest"]).read_bytes())
+    hexes = {
+        "layer": manifest["layers"][0]["digest"],
+        "config": manifest["config"]["digest"],
+        "manifest": descriptor["digest"],
+    }
+    names = {what: f"blobs/sha256/{digest.split(':')[1]}" for what, digest in hexes.items()}
+    names.update({name: name for name in ("index.json", "oci-layout", "blobs", "blobs/sha256")})
+    return names
+
+
+@pytest.mark.parametrize("absolute", [True, False], ids=["absolute", "relative"])
+@pytest.mark.parametrize(
+    "what", ["layer", "config", "manifest", "index.json", "oci-layout", "blobs", "blobs/sha256"]
+)
+def test_b2_a_symlink_leading_out_of_the_layout_is_refused(
+    tmp_path: Path, what: str, absolute: bool
+) -> None:
+    """B2 R10: a blob, a document or a blob directory that is a symlink out of the layout is
+    refused, in one line naming it and the link, before anything outside is opened. The file
+    or directory moved out holds the very bytes the layout had, so its digests still match:
+    the symlink alone is refused (it used to be opened and hashed, touching a host path)."""
+    root = tmp_path / "layout"
+    _, descriptor = simple(root)
+    name = layout_names(root, descriptor)[what]
+    outside = tmp_path / "host" / name.replace("/", "-")
+    outside.parent.mkdir()
+    (root / name).rename(outside)
+    target = str(outside) if absolute else os.path.relpath(outside, (root / name).parent)
+    (root / name).symlink_to(target)
+    message = error(root, ref="latest")
+    assert f"is refused: {show(name)} is a symlink to {show(target)}, out of {root}" in message
+    if what in ("layer", "config", "manifest"):
+        assert name.rsplit("/", 1)[1] in message  # the blob's digest
+    elif what.startswith("blobs"):
+        assert descriptor["digest"] in message  # the first blob read through it
+
+
+def test_b2_links_that_lead_out_by_way_of_the_top_are_refused(tmp_path: Path) -> None:
+    """B2: '..' is taken from where a link led: a link to the layout's own top (by its
+    absolute path) then '..' leads out, as do an absolute path with '..' in it and a relative
+    one climbing above the top through the blob directories."""
+    root = tmp_path / "layout"
+    _, descriptor = simple(root)
+    layer = layout_names(root, descriptor)["layer"]
+    outside = tmp_path / "host" / "layer"
+    outside.parent.mkdir()
+    (root / layer).rename(outside)
+    (root / "blobs/sha256/top").symlink_to(os.path.realpath(root))
+    for target in (
+        "top/../host/layer",
+        f"{os.path.realpath(root)}/../host/layer",
+        "../sha256/../../../host/layer",
+    ):
+        (root / layer).unlink(missing_ok=True)
+        (root / layer).symlink_to(target)
+        assert "out of" in error(root, ref="latest"), target
+
+
+def test_b2_symlinks_that_stay_inside_the_layout_are_followed(tmp_path: Path) -> None:
+    """B2: links inside the layout are harmless (``docker save`` writes them), so they are
+    followed, whatever the way: a blob to a file beside it, a blob directory to another
+    directory of the layout, index.json through '..', a blob by an absolute path inside, and
+    oci-layout by the path the user names the layout by (itself a symlink)."""
+    root = tmp_path / "layout"
+    _, descriptor = simple(root)
+    names = layout_names(root, descriptor)
+    expected = resolve(root, "latest", platform=AMD64)
+    (root / names["layer"]).rename(root / "blobs/sha256/moved")
+    (root / names["layer"]).symlink_to("moved")
+    config = os.path.realpath(root / names["config"])
+    os.rename(config, root / "config")
+    (root / names["config"]).symlink_to(os.path.join(os.path.realpath(root), "config"))
+    (root / "meta").mkdir()
+    (root / "index.json").rename(root / "meta/index.json")
+    (root / "index.json").symlink_to("meta/../meta/index.json")
+    (root / "blobs/sha256").rename(root / "store")
+    (root / "blobs/sha256").symlink_to("../store")
+    (tmp_path / "named").symlink_to(root)  # the layout as the user names it, by a link
+    (root / "oci-layout").rename(root / "meta/oci-layout")
+    (root / "oci-layout").symlink_to(tmp_path / "named/meta/oci-layout")
+    found = resolve(tmp_path / "named", "latest", platform=AMD64)
+    assert found.config == expected.config
+    assert [layer.digest for layer in found.layers] == [layer.digest for layer in expected.layers]
+    handle = found.layers[0].blob.open()
+    try:
+        data = handle.pread(found.layers[0].size, 0)
+    finally:
+        handle.close()
+    assert sha256_digest(data) == found.layers[0].digest
+
+
+def test_b2_a_symlink_loop_in_the_layout_is_one_line(tmp_path: Path) -> None:
+    """B2: a blob that links to itself (ELOOP) is one line naming it."""
+    root = tmp_path / "layout"
+    _, descriptor = simple(root)
+    layer = layout_names(root, descriptor)["layer"]
+    (root / layer).unlink()
+    (root / layer).symlink_to(layer.rsplit("/", 1)[1])
+    message = error(root, ref="latest")
+    assert layer.rsplit("/", 1)[1] in message and "symbolic links" in message
+
+
+def test_r2_b2_a_digest_named_blob_leading_out_is_refused(tmp_path: Path) -> None:
+    """R2 B2: LAYOUT@DIGEST of a manifest blob index.json does not list, that is a symlink
+    out of the layout, is the same one line as for any other blob, not "no manifest with
+    digest"."""
+    root = tmp_path / "layout"
+    _, descriptor = simple(root)
+    write_index(root, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+    name = layout_names(root, descriptor)["manifest"]
+    outside = tmp_path / "manifest"
+    (root / name).rename(outside)
+    (root / name).symlink_to(outside)
+    message = error(root, digest=descriptor["digest"])
+    assert message == (
+        f"{root}@{descriptor['digest']} is refused: {show(name)} is a symlink to"
+        f" {show(str(outside))}, out of {root}"
     )

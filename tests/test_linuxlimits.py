@@ -4,8 +4,10 @@ Each verdict is compared with what this machine's kernel does with the same requ
 through glibc for device numbers, lsetxattr(2) on a real file, directory, symlink, device or
 fifo for xattrs, symlink(2) and open(2) for path lengths. Refused means the system call fails
 with anything but ENOTSUP (containerd, Docker and podman then fail the layer), left out means
-ENOTSUP (which they ignore), kept means it succeeds. These need root (mknod, trusted.*,
-security.capability) and a filesystem with user xattrs and ACLs for ``tmp_path`` (ext4 here).
+ENOTSUP (which they ignore) or a success that leaves no such attribute (an ACL with no
+entries removes the ACL), kept means it succeeds and the file has it. These need root
+(mknod, trusted.*, security.capability) and a filesystem with user xattrs and ACLs for
+``tmp_path`` (ext4 here).
 """
 
 from __future__ import annotations
@@ -60,14 +62,32 @@ def make(tmp_path: Path, kind: str) -> Path:
 
 
 def kernel_verdict(path: Path, name: bytes, value: bytes) -> str:
-    """'kept', 'left out' (ENOTSUP) or 'refused' (any other failure) for lsetxattr."""
+    """'kept', 'left out' (ENOTSUP, or set and gone) or 'refused' (any other failure) for
+    lsetxattr on ``path``: what a container engine's file ends up with."""
     try:
         os.setxattr(path, name, value, follow_symlinks=False)
     except ValueError:  # a NUL in the name: no system call takes it (Go: EINVAL)
         return "refused"
     except OSError as error:
         return "left out" if error.errno == errno.ENOTSUP else "refused"
-    return "kept"
+    if os.fsdecode(name) in os.listxattr(path, follow_symlinks=False):
+        return "kept"
+    return "left out" if removed(path, name, value) else "kept"
+
+
+def removed(path: Path, name: bytes, value: bytes) -> bool:
+    """Whether an xattr that lsetxattr took and listxattr does not show was removed rather
+    than kept as the mode bits (an access ACL with only user::, group::, other:: is folded
+    into the mode and not stored): set on fresh objects of the same kind with modes 000 and
+    777, a folded ACL makes the same mode of both, so it changes at least one of them."""
+    for mode in (0o000, 0o777):
+        probe = path.parent / f"probe-{len(list(path.parent.iterdir()))}"
+        probe.mkdir() if path.is_dir() else probe.write_bytes(b"")
+        probe.chmod(mode)
+        os.setxattr(probe, name, value)
+        if stat.S_IMODE(probe.stat().st_mode) != mode:
+            return False
+    return True
 
 
 def ocifs_verdict(name: bytes, value: bytes, kind: str) -> str:
@@ -137,6 +157,28 @@ def test_t6_xattr_verdicts_are_the_kernels(tmp_path: Path, kind: str) -> None:
         if found != expected:
             disagree.append(f"{name[:30]!r} ({len(value)} bytes): kernel {expected}, ocifs {found}")
     assert disagree == []
+
+
+@pytest.mark.parametrize("value", [b"", acl()], ids=["empty", "header-only"])
+@pytest.mark.parametrize("name", [ACL_ACCESS, ACL_DEFAULT], ids=["access", "default"])
+def test_t6_an_acl_with_no_entries_is_left_out_as_the_kernel_removes_it(
+    tmp_path: Path, name: bytes, value: bytes
+) -> None:
+    """T6: setting an ACL with no entries on a directory that has one succeeds and removes
+    it (getxattr: ENODATA, listxattr: not there), so ocifs leaves it out rather than list a
+    name its getxattr cannot give (the fuzzer's finding), with a reason, not a refusal."""
+    directory = make(tmp_path, "dir")
+    os.setxattr(directory, name, NAMED)
+    assert os.fsdecode(name) in os.listxattr(directory)
+    os.setxattr(directory, name, value)
+    assert os.fsdecode(name) not in os.listxattr(directory)
+    with pytest.raises(OSError) as raised:
+        os.getxattr(directory, name)
+    assert raised.value.errno == errno.ENODATA
+    for kind in ("file", "dir", "char"):
+        problems = list(xattr_problems({name: value, b"trusted.a": b"v"}, KINDS[kind]))
+        assert [(p.name, p.refused) for p in problems] == [(name, False)], kind
+        assert "no entries" in problems[0].reason
 
 
 def test_t6_random_acls_and_capabilities_agree_with_the_kernel(tmp_path: Path) -> None:
