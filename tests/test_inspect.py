@@ -18,6 +18,7 @@ import random
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,7 +232,9 @@ def test_accounting_agrees_with_the_merge(seed: int) -> None:
         layers.append(layer)
     result = account_layers(layers)
     tree = merged(layers)
-    shown = {(node.layer, node.offset): node.size for _, node in tree.walk() if node.layer >= 0}
+    shown = {
+        (node.layer, node.offset): node.size for _, node in tree.walk() if stat.S_ISREG(node.mode)
+    }
     assert result.total_bytes - result.wasted_bytes == sum(shown.values())
     hidden = {
         (position, entry.data_offset)
