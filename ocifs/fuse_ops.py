@@ -32,8 +32,9 @@ ST_BLKSIZE = 4096  # the I/O size stat and statfs report
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 # Reads served at once, each in a thread: each holds up to a block it inflates or is handed
 # (256 KiB) and its reply, about 0.6 MiB beside the read cache and the cursors. trio's own
-# limit is 40 threads; 16 reader threads of scripts/stress kept 16 busy and no more, so the
-# cap costs nothing there and keeps a burst (readahead of many files) to about 10 MiB.
+# limit is 40 threads; under scripts/stress's 16 readers the daemon ran at most 20 threads,
+# and the cap changed neither the reads done nor the peak RSS (README, "Memory under load"),
+# while a burst (readahead of many files at once) now holds about 10 MiB, not 25.
 READ_THREADS = 16
 
 P = ParamSpec("P")
