@@ -62,6 +62,11 @@ PREFETCH_WORKERS = max(1, min(4, os.cpu_count() or 1))
 JOB_MIN = 2 * CACHE_BLOCK  # shorter spans between seek points are joined to the next
 MAX_STREAMS = 8  # sequential runs followed per layer
 MAX_PARKED = 2  # cursors of finished jobs kept per layer (each holds its input)
+# ... and per image, over all its layers: a parked cursor holds up to 0.6 MiB (its input
+# chunk, skip scratch, window and state) outside the cursor budget, and a stream that stops
+# leaves its layer's there until that layer is prefetched again. Two per layer of a 30-layer
+# image read through once would keep 60 of them (about 30 MiB) for the life of the mount.
+MAX_PARKED_IMAGE = 2 * PREFETCH_WORKERS
 # A span whose compressed size is at least this fraction of its size is mostly stored
 # blocks: inflating it is a copy, cheaper done by the read itself than handed to a thread
 # (whose Python work per block would contend for the GIL with the FUSE requests).
@@ -287,10 +292,22 @@ class Prefetcher:
             old = self.parked.pop(cursor.position, None)
             if old is not None:
                 old.close()
-            self.parked[cursor.position] = cursor
+            position = cursor.position  # once ``state`` is let go, a read may take it on
+            self.parked[position] = cursor
             if len(self.parked) > MAX_PARKED:  # a stream that stopped: its reader went away
                 self.parked.popitem(last=False)[1].close()
-            return True
+        if self.pool is not None:
+            # Outside ``state``: the pool's lock is taken under it elsewhere, never around it.
+            for prefetcher, at in self.pool.note_parked(self, position):
+                prefetcher.unpark(at)
+        return True
+
+    def unpark(self, position: int) -> None:
+        """Close the cursor parked at ``position``, if one still is (the image has too many)."""
+        with self.state:
+            cursor = self.parked.pop(position, None)
+        if cursor is not None:
+            cursor.close()
 
     def finish(self, job: InflateJob) -> None:
         """Settle what the job leaves undone (waiting reads inflate it themselves). Called
@@ -505,6 +522,8 @@ class InflatePool:
         self.idle = 0
         self.outstanding = 0
         self.closed = False
+        # The cursors the image's prefetchers have parked, oldest first (see MAX_PARKED_IMAGE).
+        self.parked: OrderedDict[tuple[Prefetcher, int], None] = OrderedDict()
 
     def reserve(self, size: int) -> bool:
         with self.cond:
@@ -516,6 +535,15 @@ class InflatePool:
     def release(self, size: int) -> None:
         with self.cond:
             self.outstanding -= size
+
+    def note_parked(self, prefetcher: Prefetcher, position: int) -> list[tuple[Prefetcher, int]]:
+        """Count a cursor parked; the oldest ones over the image's limit, for their
+        prefetchers to close (some may have been taken or closed since: then nothing is)."""
+        with self.cond:
+            self.parked.pop((prefetcher, position), None)
+            self.parked[(prefetcher, position)] = None
+            over = len(self.parked) - MAX_PARKED_IMAGE
+            return [self.parked.popitem(last=False)[0] for _ in range(max(0, over))]
 
     def submit(self, job: InflateJob) -> bool:
         """Queue a job; False if no thread can run it."""

@@ -3,9 +3,9 @@
 A gzip base layer of many files (text that compresses, bytes that do not, a few empty ones,
 sizes from a byte to a few MiB) and a big log file; a zstd layer (one frame, as ``zstd``
 writes it) that replaces some of them, deletes others with whiteouts and adds a big file;
-a gzip top layer that replaces a directory with an opaque one. About 60 MiB of files, so
-that a 16 MiB read cache is read through many times. Built with ``tarfile`` and
-``ocifs.ocibuild``; the same seed gives the same layout, byte for byte.
+a gzip top layer that replaces a directory with an opaque one. About 100 MiB of files (42 at
+``scale`` 0.4, the suite's), so that a 16 MiB read cache is read through many times. Built
+with ``tarfile`` and ``ocifs.ocibuild``; the same seed gives the same layout, byte for byte.
 """
 
 from __future__ import annotations
@@ -20,16 +20,21 @@ from ocifs.ocibuild import LayoutWriter, host_platform
 REF = "stress"
 MTIME = 1_700_000_000
 MIB = 1 << 20
+TEXT_LINES = 4096
+MIN_LINE = 43  # 8 hex digits, 8 words of 3 characters or more, a number, spaces, newline
 
 
 def text(rng: random.Random, size: int) -> bytes:
-    """Log-like lines: gzip and zstd make them several times smaller."""
+    """Log-like lines: gzip and zstd make them several times smaller. Drawn from a few
+    thousand lines made first (more than a deflate window holds, so gzip still has work):
+    making every line anew took a minute for the image's 60 MiB."""
     words = ["GET", "POST", "/api/v1/items", "status=200", "ms=12", "host-03", "cache", "miss"]
-    out = bytearray()
-    while len(out) < size:
-        line = " ".join(rng.choice(words) for _ in range(8))
-        out += f"{rng.getrandbits(32):08x} {line} {rng.randrange(10**6)}\n".encode()
-    return bytes(out[:size])
+    lines = [
+        f"{rng.getrandbits(32):08x} {' '.join(rng.choices(words, k=8))} {rng.randrange(10**6)}\n"
+        for _ in range(TEXT_LINES)
+    ]
+    out = "".join(rng.choices(lines, k=size // MIN_LINE + 1)).encode()
+    return out[:size]
 
 
 def noise(rng: random.Random, size: int) -> bytes:
@@ -86,23 +91,26 @@ def sizes(rng: random.Random, count: int) -> list[int]:
     return result
 
 
-def build(layout: Path, seed: int = 11) -> str:
-    """Write the image into the layout directory ``layout``; returns ``LAYOUT:REF``."""
+def build(layout: Path, seed: int = 11, scale: float = 1.0) -> str:
+    """Write the image into the layout directory ``layout``; returns ``LAYOUT:REF``.
+    ``scale`` shrinks (or grows) the number of files and the big files' sizes alike: the
+    suite's short run builds a smaller one, quicker to make, unpack and index."""
     rng = random.Random(seed)
+    count = max(60, round(400 * scale))
     base = TarWriter()
     names = []
-    for number, size in enumerate(sizes(rng, 400)):
+    for number, size in enumerate(sizes(rng, count)):
         name = f"data/d{number % 12:02d}/f{number:03d}.{'txt' if number % 3 else 'bin'}"
         base.file(name, text(rng, size) if number % 3 else noise(rng, size))
         names.append(name)
-    base.file("srv/app.log", text(rng, 24 * MIB))
+    base.file("srv/app.log", text(rng, round(24 * MIB * scale)))
     base.file("srv/opaque/old.txt", text(rng, 5000))
     middle = TarWriter()
-    for name in rng.sample(names, 40):
+    for name in rng.sample(names, count // 10):
         middle.whiteout(name)
-    for name in rng.sample(names, 40):
+    for name in rng.sample(names, count // 10):
         middle.file(name, text(rng, rng.randrange(1, 256 << 10)))
-    middle.file("srv/random.bin", noise(rng, 16 * MIB))
+    middle.file("srv/random.bin", noise(rng, round(16 * MIB * scale)))
     top = TarWriter()
     top.directory("srv/opaque")
     top.file("srv/opaque/.wh..wh..opq", b"")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pyfuse3
@@ -12,7 +14,7 @@ import pytest
 import trio
 from tarbuild import Member, d, f, link, make_tar
 
-from ocifs.fuse_ops import ImageOperations
+from ocifs.fuse_ops import READ_THREADS, ImageOperations
 from ocifs.image import load_image
 from ocifs.layerread import DamagedLayer
 from ocifs.layout import resolve
@@ -93,3 +95,52 @@ def test_eio_log_line_names_the_file_the_layer_and_the_reason(
         f" from layer 1 ({layer.digest}): invalid stored block lengths"
     )
     image.close()
+
+
+class SlowReader:
+    """A layer reader that takes a while per read and counts the reads in it at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def pread(self, offset: int, size: int) -> bytes:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.05)
+        with self.lock:
+            self.now -= 1
+        return b"y" * size
+
+    def close(self) -> None:
+        pass
+
+
+def test_reads_in_threads_at_once_are_capped(tmp_path: Path) -> None:
+    """Three times READ_THREADS reads at once: at most READ_THREADS run in threads (each holds
+    a block and its reply), the others wait for a turn, and every one is answered."""
+    writer = LayoutWriter(tmp_path / "layout")
+    layer = writer.add_layer(make_tar([f("big", b"x" * (1 << 20))]))
+    writer.add_image([layer], ref="v1", platform=host_platform())
+    writer.save()
+    image = load_image(resolve(tmp_path / "layout", "v1"))
+    slow = SlowReader()
+    image.readers[0] = slow
+    operations = ImageOperations(image)
+    ino = ino_of(image.tree, b"big")
+    replies: list[bytes] = []
+
+    async def one(number: int) -> None:
+        replies.append(await operations.read(ino, number * 4096, 4096))
+
+    async def many() -> None:
+        async with trio.open_nursery() as nursery:
+            for number in range(3 * READ_THREADS):
+                nursery.start_soon(one, number)
+
+    trio.run(many)
+    image.close()
+    assert replies == [b"y" * 4096] * (3 * READ_THREADS)
+    assert 1 < slow.most <= READ_THREADS

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from ocifs.blockcache import CACHE_BLOCK, BlockCache
 from ocifs.gzseek import GzipCursor, SeekPoints
 from ocifs.layerread import DamagedLayer, LayerReader
 from ocifs.prefetch import (
+    MAX_PARKED,
+    MAX_PARKED_IMAGE,
     PREFETCH_BYTES,
     PREFETCH_TRIGGER,
     InflateJob,
@@ -442,3 +445,55 @@ def test_take_parked_hands_over_the_cursor_furthest_on_in_range(
         assert prefetcher.take_parked(101, 299) is None
         assert list(prefetcher.parked) == [100]
         prefetcher.parked.clear()  # not cursors: close must not close them
+
+
+class FakeCursor:
+    """What park needs of a cursor: where it is, and a close that is seen."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.closed = False
+
+    def read(self, size: int) -> bytes:
+        raise AssertionError("a parked cursor is not read here")
+
+    def skip(self, count: int) -> None:
+        raise AssertionError("a parked cursor is not read here")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_parked_cursors_are_bounded_per_image_not_only_per_layer(
+    spans_layer: tuple[IndexedLayer, bytes],
+) -> None:
+    """Layers whose streams stopped keep MAX_PARKED cursors each, but the image as a whole
+    keeps at most MAX_PARKED_IMAGE: the oldest parked are closed, the newest stay."""
+    indexed, _ = spans_layer
+    cache = BlockCache()
+    pool = pool_for(cache, 1)
+    layers = MAX_PARKED_IMAGE // MAX_PARKED + 2  # more than the image may keep parked
+    with ExitStack() as stack:
+        readers = [
+            stack.enter_context(open_gzip_layer(indexed, cache, pool)) for _ in range(layers)
+        ]
+        cursors = []
+        for number, reader in enumerate(readers):
+            for slot in range(MAX_PARKED):
+                cursor = FakeCursor((number * MAX_PARKED + slot + 1) * CACHE_BLOCK)
+                assert reader.prefetcher.park(cursor)  # type: ignore[arg-type]
+                cursors.append(cursor)
+        live = [cursor for cursor in cursors if not cursor.closed]
+        assert live == cursors[-MAX_PARKED_IMAGE:]
+        parked = [c for reader in readers for c in reader.prefetcher.parked.values()]
+        assert sorted(map(id, parked)) == sorted(map(id, live))
+        # A cursor taken over by a read is the read's: evicting its old slot closes nothing.
+        taken = readers[-1].prefetcher.take_parked(0, 1 << 40)
+        assert taken is live[-1]
+        newer = [FakeCursor(extra + 1) for extra in range(MAX_PARKED_IMAGE)]
+        for cursor in newer:
+            assert readers[0].prefetcher.park(cursor)  # type: ignore[arg-type]
+        assert not taken.closed
+        assert all(cursor.closed for cursor in live[:-1])  # the older ones made room
+        assert not newer[-1].closed and len(readers[0].prefetcher.parked) == MAX_PARKED
+    pool.close()
