@@ -213,7 +213,7 @@ def _read_plain(path: Path, fd: int, size: int, progress: Progress | None) -> Me
 
 def _read_gzip(path: Path, fd: int, size: int, progress: Progress | None) -> MemberTable:
     on_input = None if progress is None else (lambda chunk: progress(len(chunk)))
-    indexer = GzipIndexer(_FileStream(fd), DEFAULT_SPACING, on_input)
+    indexer = new_indexer(_FileStream(fd), DEFAULT_SPACING, on_input)
     try:
         members = _scan(indexer, path)
         indexer.drain()
