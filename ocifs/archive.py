@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .blobs import Blob, FileBlob, FileBlobHandle, NotAFile, Progress
 from .errors import CompressionError, LayoutError, TarFormatError, show
-from .gzseek import DEFAULT_SPACING, GzipCursor, GzipIndexer, SeekPoints
+from .gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints, new_indexer
 from .mediatypes import MAGIC_BYTES, Compression, sniff_compression
 from .tarscan import FILE, HARDLINK, SYMLINK, Readable, scan_tar
 

@@ -97,8 +97,8 @@ class InflateState(ctypes.Structure):
     )
 
 
-TABLES_OFFSET = InflateState.lit_huff_code.offset  # type: ignore[attr-defined]
-DIST_TABLE_OFFSET = InflateState.dist_huff_code.offset  # type: ignore[attr-defined]
+TABLES_OFFSET: int = InflateState.lit_huff_code.offset
+DIST_TABLE_OFFSET: int = InflateState.dist_huff_code.offset
 StatePointer = ctypes.POINTER(InflateState)
 
 

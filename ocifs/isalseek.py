@@ -161,7 +161,7 @@ class IsalGzipIndexer(GzipIndexer):
         state.next_out = self.out_address + out_at
         state.avail_out = room
         ret = isal.LIB.isal_inflate(inflater.ptr)  # type: ignore[union-attr]
-        made = room - state.avail_out
+        made: int = room - state.avail_out
         if ret < 0:
             raise CompressionError(self._damage(inflater, ret))
         return made
@@ -225,7 +225,7 @@ class IsalGzipIndexer(GzipIndexer):
 
     def _at_boundary(self, inflater: Any) -> bool:
         state = inflater.state
-        return (
+        return bool(
             state.block_state in (isal.BLOCK_HDR, isal.BLOCK_NEW_HDR)
             and state.tmp_out_processed == state.tmp_out_valid
         )
@@ -234,7 +234,7 @@ class IsalGzipIndexer(GzipIndexer):
         state = inflater.state
         if state.block_state in (isal.BLOCK_FINISH, isal.BLOCK_INPUT_DONE):
             return False
-        return state.block_state == isal.BLOCK_TYPE0 or inflater.tables() != tables
+        return bool(state.block_state == isal.BLOCK_TYPE0 or inflater.tables() != tables)
 
     def _take_point(self, inflater: Any, out_end: int) -> bool:
         """A seek point at the block header ISA-L stopped in; ``out_end`` is where the output

@@ -4,12 +4,13 @@
 cache stores and loads the same record, and the image's merge and readers use it.
 
 The blob is read once, front to back. For a gzip layer, gzseek inflates it strictly (CRC,
-length, truncation, trailing garbage: B3), with ISA-L where it is installed (isalseek), and records seek points on the way, in a thread of
-its own (zstdseek does the same for a zstd layer: frame checksums, frame starts); the tar
-scanner reads the uncompressed stream, the diff_id hash and the block sums (``blockcheck``:
-what every read is checked against later) take every byte of it in this thread, and the
-layer digest is hashed from a second file handle in a third. zlib, libzstd and hashlib let
-go of the GIL, so the three overlap and a layer indexes in about the time of the slowest.
+length, truncation, trailing garbage: B3), with ISA-L where it is installed (isalseek), and
+records seek points on the way, in a thread of its own (zstdseek does the same for a zstd layer:
+frame checksums, frame starts); the tar scanner reads the uncompressed stream, the diff_id hash
+and the block sums (``blockcheck``: what every read is checked against later) take every byte of
+it in this thread, and the layer digest is hashed from a second file handle in a third. zlib,
+ISA-L, libzstd and hashlib let go of the GIL, so the three overlap and a layer indexes in about
+the time of the slowest.
 Reading the layer afterwards is ``layerread``'s job.
 """
 

@@ -22,9 +22,9 @@ from types import FrameType
 import indexed_gzip
 import pytest
 
+from ocifs import gzseek, isal
 from ocifs.blobs import BlobHandle, FileBlob
 from ocifs.errors import CompressionError
-from ocifs import gzseek, isal
 from ocifs.gzseek import CHUNK, GzipCursor, GzipIndexer, SeekPoints
 
 SPACING = 64 << 10

@@ -1,0 +1,191 @@
+"""Measure the inflates ocifs could index and read gzip layers with, in ocifs's own pipeline.
+
+    python -m bench.inflate BLOB.gz [BLOB.gz ...]
+
+(The README's "Why this inflate" quotes a run of it.) For the first BLOB, in memory, best of
+``--runs``, MB/s of uncompressed output and CPU seconds:
+
+* raw, front to back in 1 MiB reads: zlib (Python's), ``isal`` (python-isal's isal_zlib),
+  ``zlib_ng``, ``rapidgzip`` (one and two threads), ``indexed_gzip``, ``gzip -dc``; a
+  library that is not installed is reported as such;
+* the indexing pass ocifs runs (``GzipIndexer``: strict checks, seek points every 1 MiB with
+  their windows), with zlib and with ISA-L (``IsalGzipIndexer``), and with no points at all;
+* reads from seek points: 64 random 64 KiB reads through zlib's ``GzipCursor`` from the
+  ISA-L points (they must match zlib's points' bytes);
+* two threads indexing two copies at once against one after the other (2.0x: the GIL is let
+  go); and the peak RSS of the whole run.
+Strictness (B3) is tests/test_gzseek.py's job: both inflaters run every refusal test there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import random
+import resource
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ocifs import isal
+from ocifs.blobs import FileBlob
+from ocifs.gzseek import GzipCursor, GzipIndexer, SeekPoints
+
+READ = 1 << 20
+
+
+def best(runs: int, work: Callable[[], int]) -> tuple[float, float, int]:
+    """(wall, cpu, bytes) of the fastest of ``runs`` runs."""
+    result = (float("inf"), 0.0, 0)
+    for _ in range(runs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        size = work()
+        result = min(result, (time.perf_counter() - wall, time.process_time() - cpu, size))
+    return result
+
+
+def stream(decompressor: Any, blob: bytes) -> int:
+    total = 0
+    for start in range(0, len(blob), READ):
+        total += len(decompressor.decompress(blob[start : start + READ]))
+    return total
+
+
+def raw_candidates(blob: bytes, path: Path) -> dict[str, Callable[[], int] | str]:
+    found: dict[str, Callable[[], int] | str] = {
+        "zlib (Python)": lambda: stream(zlib.decompressobj(31), blob)
+    }
+    modules: dict[str, Any] = {}
+    for name in ("isal.isal_zlib", "zlib_ng.zlib_ng", "rapidgzip", "indexed_gzip"):
+        try:
+            modules[name] = importlib.import_module(name)
+        except ImportError:
+            found[name] = "not installed"
+    if "isal.isal_zlib" in modules:
+        lib = modules["isal.isal_zlib"]
+        found["isal (python-isal)"] = lambda: stream(lib.decompressobj(31), blob)
+    if "zlib_ng.zlib_ng" in modules:
+        ng = modules["zlib_ng.zlib_ng"]
+        found["zlib-ng (python-zlib-ng)"] = lambda: stream(ng.decompressobj(31), blob)
+    if "rapidgzip" in modules:
+        rg = modules["rapidgzip"]
+        for threads in (1, 2):
+
+            def rapid(threads: int = threads) -> int:
+                with rg.open(io.BytesIO(blob), parallelization=threads) as f:
+                    return sum(len(c) for c in iter(lambda: f.read(READ), b""))
+
+            found[f"rapidgzip, {threads} thread(s)"] = rapid
+    if "indexed_gzip" in modules:
+        ig = modules["indexed_gzip"]
+
+        def indexed() -> int:
+            with ig.IndexedGzipFile(str(path), spacing=READ, buffer_size=4 * READ) as f:
+                return sum(len(c) for c in iter(lambda: f.read(READ), b""))
+
+        found["indexed_gzip"] = indexed
+
+    def gzip_dc() -> int:
+        done = subprocess.run(["gzip", "-dc", str(path)], stdout=subprocess.PIPE, check=True)
+        return len(done.stdout)
+
+    found["gzip -dc"] = gzip_dc
+    return found
+
+
+def index(cls: type[GzipIndexer], blob: bytes, spacing: int) -> SeekPoints:
+    indexer = cls(io.BytesIO(blob), spacing)
+    indexer.drain()
+    return indexer.finish()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench.inflate", description=__doc__.split("\n")[0])
+    parser.add_argument("blobs", nargs="+", type=Path)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    path: Path = args.blobs[0]
+    blob = path.read_bytes()
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"{path}: {len(blob):,} bytes; load {load}")
+    rows: list[tuple[str, str]] = []
+
+    def report(name: str, work: Callable[[], int]) -> float:
+        wall, cpu, size = best(args.runs, work)
+        rows.append((name, f"{size / wall / 1e6:6.0f} MB/s   cpu {cpu:5.2f} s"))
+        print(f"  {name:42} {rows[-1][1]}", flush=True)
+        return wall
+
+    for name, work in raw_candidates(blob, path).items():
+        if isinstance(work, str):
+            print(f"  {name:42} {work}")
+        else:
+            report(f"raw: {name}", work)
+    indexers: dict[str, type[GzipIndexer]] = {"zlib": GzipIndexer}
+    if isal.available():
+        from ocifs.isalseek import IsalGzipIndexer
+
+        indexers["isal"] = IsalGzipIndexer
+    points: dict[str, SeekPoints] = {}
+    for name, cls in indexers.items():
+        for spacing, what in ((1 << 20, "points every 1 MiB"), (1 << 50, "no points")):
+
+            def run(cls: type[GzipIndexer] = cls, spacing: int = spacing) -> int:
+                return index(cls, blob, spacing).size
+
+            report(f"indexing pass, {name}, {what}", run)
+        points[name] = index(cls, blob, 1 << 20)
+        print(f"    {name}: {len(points[name])} seek points")
+    handle = FileBlob(path, len(blob)).open()
+    rng = random.Random(1)
+    chosen = next(reversed(points.values()))
+    offsets = [rng.randrange(chosen.size - 65536) for _ in range(64)]
+
+    def reads(points: SeekPoints) -> list[bytes]:
+        out = []
+        for offset in offsets:
+            at = points.find(offset)
+            cursor = GzipCursor(handle, points, at)
+            cursor.skip(offset - points.uncompressed[at])
+            out.append(cursor.read(65536))
+            cursor.close()
+        return out
+
+    for name, found in points.items():
+
+        def read_all(found: SeekPoints = found) -> int:
+            return len(reads(found))
+
+        wall, _, _ = best(args.runs, read_all)
+        print(f"  64 random 64 KiB reads from {name}'s points: {wall / 64 * 1e3:.2f} ms each")
+    if len(points) > 1:
+        assert reads(points["isal"]) == reads(points["zlib"]), "the points serve other bytes"
+        print("  ISA-L's points serve the same bytes as zlib's")
+    for name, cls in indexers.items():
+
+        def both(cls: type[GzipIndexer] = cls) -> int:
+            threads = [threading.Thread(target=index, args=(cls, blob, 1 << 20)) for _ in "ab"]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return 0
+
+        def single(cls: type[GzipIndexer] = cls) -> int:
+            return index(cls, blob, 1 << 20).size
+
+        one, _, _ = best(args.runs, single)
+        two, _, _ = best(args.runs, both)
+        print(f"  two layers at once with {name}: {2 * one / two:.2f}x one after the other")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"  peak RSS of this run: {peak} MB (the blob in memory: {len(blob) >> 20} MB)")
+    handle.close()
+
+
+if __name__ == "__main__":
+    main()
