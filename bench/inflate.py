@@ -14,7 +14,9 @@
   ISA-L points (they must match zlib's points' bytes);
 * two threads indexing two copies at once against one after the other (2.0x: the GIL is let
   go); and the peak RSS of the whole run.
-Strictness (B3) is tests/test_gzseek.py's job: both inflaters run every refusal test there.
+* strictness (B3) of each library on a small member: truncated, bad CRC32, bad ISIZE,
+  garbage after it, two members (valid). tests/test_gzseek.py holds ocifs's own inflaters
+  to every refusal.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import importlib
 import io
 import random
 import resource
+import struct
 import subprocess
+import tempfile
 import threading
 import time
 import zlib
@@ -96,6 +100,75 @@ def raw_candidates(blob: bytes, path: Path) -> dict[str, Callable[[], int] | str
 
     found["gzip -dc"] = gzip_dc
     return found
+
+
+def strictness() -> None:
+    """Which damage each library reports (B3)."""
+    rng = random.Random(3)
+    pieces = [b"hello ", b"world "]
+    data = b"".join(rng.choice([*pieces, rng.randbytes(50)]) for _ in range(20000))
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    good = compressor.compress(data) + compressor.flush()
+    cases = {
+        "truncated": (good[: len(good) // 2], None),
+        "bad CRC32": (good[:-8] + bytes([good[-8] ^ 1]) + good[-7:], None),
+        "bad ISIZE": (good[:-4] + struct.pack("<I", len(data) + 1), None),
+        "garbage after": (good + b"garbage!", None),
+        "two members": (good + good, data + data),
+    }
+
+    def ocifs_pass(cls: type[GzipIndexer]) -> Callable[[bytes], bytes]:
+        def run(blob: bytes) -> bytes:
+            indexer = cls(io.BytesIO(blob))
+            out = indexer.read(1 << 30)
+            indexer.finish()
+            return out
+
+        return run
+
+    def module(name: str, call: Callable[[Any, bytes], bytes]) -> Callable[[bytes], bytes]:
+        def run(blob: bytes) -> bytes:
+            return call(importlib.import_module(name), blob)
+
+        return run
+
+    def rapid(lib: Any, blob: bytes) -> bytes:
+        with lib.open(io.BytesIO(blob), parallelization=1) as f:
+            return bytes(f.read())
+
+    def indexed(lib: Any, blob: bytes) -> bytes:
+        with tempfile.NamedTemporaryFile(suffix=".gz") as file:
+            file.write(blob)
+            file.flush()
+            with lib.IndexedGzipFile(file.name) as f:
+                return bytes(f.read())
+
+    libraries: dict[str, Callable[[bytes], bytes]] = {
+        "python-isal igzip": module("isal.igzip", lambda m, b: m.decompress(b)),
+        "zlib-ng gzip_ng": module("zlib_ng.gzip_ng", lambda m, b: m.decompress(b)),
+        "rapidgzip": module("rapidgzip", rapid),
+        "indexed_gzip": module("indexed_gzip", indexed),
+        "ocifs, zlib": ocifs_pass(GzipIndexer),
+    }
+    if isal.available():
+        from ocifs.isalseek import IsalGzipIndexer
+
+        libraries["ocifs, ISA-L"] = ocifs_pass(IsalGzipIndexer)
+    print("  strictness (B3):")
+    for name, run in libraries.items():
+        verdicts = []
+        for case, (blob, valid) in cases.items():
+            try:
+                out = run(blob)
+            except ImportError:
+                verdicts = ["not installed"]
+                break
+            except Exception:
+                verdicts.append(f"{case}: {'REFUSED' if valid else 'refused'}")
+                continue
+            wrong = out != (valid or data)
+            verdicts.append(f"{case}: {'accepted' if valid else 'ACCEPTED'}{' (wrong)' * wrong}")
+        print(f"    {name:18} {'; '.join(verdicts)}")
 
 
 def index(cls: type[GzipIndexer], blob: bytes, spacing: int) -> SeekPoints:
@@ -182,6 +255,7 @@ def main() -> None:
         one, _, _ = best(args.runs, single)
         two, _, _ = best(args.runs, both)
         print(f"  two layers at once with {name}: {2 * one / two:.2f}x one after the other")
+    strictness()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"  peak RSS of this run: {peak} MB (the blob in memory: {len(blob) >> 20} MB)")
     handle.close()
