@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .blobs import Blob, FileBlob, FileBlobHandle, NotAFile, Progress
 from .errors import CompressionError, LayoutError, TarFormatError, show
-from .gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints, new_indexer
+from .gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints, new_cursor, new_indexer
 from .mediatypes import MAGIC_BYTES, Compression, sniff_compression
 from .tarscan import FILE, HARDLINK, SYMLINK, Readable, scan_tar
 
@@ -366,7 +366,7 @@ class GzipRangeHandle:
             if best is not None:
                 self.idle.remove(best)
                 return best
-        return GzipCursor(self.file, points, index)
+        return new_cursor(self.file, points, index)
 
     def _give_back(self, cursor: GzipCursor) -> None:
         with self.lock:

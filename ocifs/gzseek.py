@@ -486,6 +486,18 @@ def new_indexer(
     return GzipIndexer(blob, spacing, on_input)
 
 
+def new_cursor(blob: BlobHandle, points: SeekPoints, index: int) -> GzipCursor:
+    """A cursor at seek point ``index``: ISA-L's (isalseek) where libisal is installed, else
+    zlib's; both read the same bytes from the same points."""
+    from . import isal
+
+    if isal.available():
+        from .isalseek import IsalGzipCursor
+
+        return IsalGzipCursor(blob, points, index)
+    return GzipCursor(blob, points, index)
+
+
 class GzipCursor:
     """An inflater positioned somewhere in the uncompressed stream; reads forward from there.
     Not thread safe (the caller locks)."""
@@ -503,13 +515,17 @@ class GzipCursor:
         self.scratch: ctypes.Array[ctypes.c_char] | None = None
         window = points.window(index)
         self.raw = bool(window)  # inside a member: bare deflate, no header, trailer unread
-        self.inflater: Inflater | None = Inflater(RAW_WBITS if self.raw else GZIP_WBITS)
+        self.inflater: Inflater | Any | None = self._new_inflater()
         try:
             if self.raw:
                 self._enter_block(self.inflater, points.bits[index], window)
         except BaseException:
             self.close()
             raise
+
+    def _new_inflater(self) -> Inflater | Any:
+        """The inflater ``_inflate`` drives (isalseek's subclass makes its own)."""
+        return Inflater(RAW_WBITS if self.raw else GZIP_WBITS)
 
     def _enter_block(self, inflater: Inflater, bits: int, window: bytes) -> None:
         if bits:

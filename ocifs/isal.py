@@ -1,7 +1,7 @@
-"""ISA-L's inflate (Debian's libisal2), called through ctypes, for the gzip indexing pass.
+"""ISA-L's inflate (Debian's libisal2), called through ctypes, for gzip layers.
 
 ISA-L inflates 2.5 times as fast as zlib on this kind of machine (README "Why this
-inflate"). No maintained Python binding exposes what the indexing pass needs from it (the
+inflate"). No maintained Python binding exposes what ocifs needs from it (the
 ``isal`` package's decompressors hide the state: no block boundaries, no bit priming), so
 this module binds the library itself, as gzseek binds zlib. ``ctypes.CDLL`` releases the GIL
 during every call, so layers inflate in parallel threads.

@@ -31,17 +31,21 @@ SPACING = 64 << 10
 
 # Every test of the indexing pass runs with each inflater installed here: zlib's (always, the
 # fallback) and ISA-L's (where libisal2 is). Their seek points are entered by zlib's cursor.
-INFLATERS = {"zlib": GzipIndexer}
+INFLATERS: dict[str, type[GzipIndexer]] = {"zlib": GzipIndexer}
+CURSORS: dict[str, type[GzipCursor]] = {"zlib": GzipCursor}
 if isal.available():
-    from ocifs.isalseek import IsalGzipIndexer
+    from ocifs.isalseek import IsalGzipCursor, IsalGzipIndexer
 
     INFLATERS["isal"] = IsalGzipIndexer
+    CURSORS["isal"] = IsalGzipCursor
 
 
 @pytest.fixture(autouse=True, params=sorted(INFLATERS))
 def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with this inflater's indexer as the module's ``GzipIndexer``."""
+    """Run the test with this inflater's indexer and cursor as the module's ``GzipIndexer``
+    and ``GzipCursor``."""
     monkeypatch.setitem(globals(), "GzipIndexer", INFLATERS[request.param])
+    monkeypatch.setitem(globals(), "GzipCursor", CURSORS[request.param])
     return str(request.param)
 
 
@@ -689,6 +693,9 @@ def test_isal_and_zlib_index_a_stream_alike(blob_fd: BlobFiles) -> None:
     points = found["isal"]
     assert len(points) > 40 and points.size == found["zlib"].size == len(data)
     fd = open_blob(blob_fd, blob)
-    for i in range(len(points)):
-        offset = points.uncompressed[i]
-        assert read_at(fd, points, offset, 3000) == data[offset : offset + 3000]
+    for seek, cursor in ((points, CURSORS["zlib"]), (found["zlib"], CURSORS["isal"])):
+        for i in range(len(seek)):
+            offset = seek.uncompressed[i]
+            reader = cursor(fd, seek, i)
+            assert reader.read(3000) == data[offset : offset + 3000]
+            reader.close()
