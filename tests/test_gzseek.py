@@ -699,3 +699,27 @@ def test_isal_and_zlib_index_a_stream_alike(blob_fd: BlobFiles) -> None:
             reader = cursor(fd, seek, i)
             assert reader.read(3000) == data[offset : offset + 3000]
             reader.close()
+
+
+@pytest.mark.skipif(
+    "isal" not in INFLATERS or not Path("/usr/include/isa-l/igzip_lib.h").exists(),
+    reason="libisal2 or its headers (libisal-dev) are not installed",
+)
+def test_isal_state_layout_matches_the_headers(tmp_path: Path) -> None:
+    """ocifs.isal's ctypes InflateState has the size and field offsets of the installed
+    headers' struct inflate_state (isalseek copies it byte for byte and reads its fields)."""
+    fields = [name for name, _ in isal.InflateState._fields_]
+    source = tmp_path / "layout.c"
+    source.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <isa-l/igzip_lib.h>\n"
+        'int main(void) {\n  printf("%zu\\n", sizeof(struct inflate_state));\n'
+        + "".join(
+            f'  printf("%zu\\n", offsetof(struct inflate_state, {name}));\n' for name in fields
+        )
+        + "  return 0;\n}\n"
+    )
+    subprocess.run(["gcc", "-o", str(tmp_path / "layout"), str(source)], check=True)
+    printed = subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True)
+    numbers = [int(line) for line in printed.stdout.split()]
+    offsets = [getattr(isal.InflateState, name).offset for name in fields]
+    assert numbers == [isal.STATE_SIZE, *offsets]
