@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .blobs import Blob, FileBlob, FileBlobHandle, NotAFile, Progress
 from .errors import CompressionError, LayoutError, TarFormatError, show
-from .gzseek import DEFAULT_SPACING, GzipCursor, GzipIndexer, SeekPoints
+from .gzseek import DEFAULT_SPACING, GzipCursor, SeekPoints, new_cursor, new_indexer
 from .mediatypes import MAGIC_BYTES, Compression, sniff_compression
 from .tarscan import FILE, HARDLINK, SYMLINK, Readable, scan_tar
 
@@ -213,7 +213,7 @@ def _read_plain(path: Path, fd: int, size: int, progress: Progress | None) -> Me
 
 def _read_gzip(path: Path, fd: int, size: int, progress: Progress | None) -> MemberTable:
     on_input = None if progress is None else (lambda chunk: progress(len(chunk)))
-    indexer = GzipIndexer(_FileStream(fd), DEFAULT_SPACING, on_input)
+    indexer = new_indexer(_FileStream(fd), DEFAULT_SPACING, on_input)
     try:
         members = _scan(indexer, path)
         indexer.drain()
@@ -366,7 +366,7 @@ class GzipRangeHandle:
             if best is not None:
                 self.idle.remove(best)
                 return best
-        return GzipCursor(self.file, points, index)
+        return new_cursor(self.file, points, index)
 
     def _give_back(self, cursor: GzipCursor) -> None:
         with self.lock:

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .blobs import BlobHandle, Readable
 from .errors import CompressionError
@@ -235,7 +235,7 @@ class GzipIndexer:
         self.spacing = spacing
         self.on_input = on_input
         self.uncompressed = 0  # bytes handed to the caller
-        self.inflater: Inflater | None = Inflater(GZIP_WBITS)
+        self.inflater: Inflater | Any | None = self._new_inflater()
         self.blob_offset = 0  # blob bytes read; the input being inflated ends here
         self.produced = 0  # uncompressed bytes inflated (ahead of ``uncompressed``)
         self.member = 1
@@ -256,6 +256,10 @@ class GzipIndexer:
         self.point_windows: list[Future[bytes] | None] = []
         self.compressor: ThreadPoolExecutor | None = None
         self._add_point(0, 0, 0, None)
+
+    def _new_inflater(self) -> Inflater | Any:
+        """The inflater ``_fill`` drives (isalseek's subclass makes its own)."""
+        return Inflater(GZIP_WBITS)
 
     def read(self, size: int) -> bytes:
         """The next up-to-``size`` bytes of the uncompressed stream; short only at the end."""
@@ -466,6 +470,34 @@ class GzipIndexer:
         self.point_windows.append(window)
 
 
+def new_indexer(
+    blob: Readable,
+    spacing: int = DEFAULT_SPACING,
+    on_input: Callable[[bytes], None] | None = None,
+) -> GzipIndexer:
+    """The fastest indexer there is: ISA-L's (isalseek) where libisal is installed, else
+    zlib's; both give the same stream, the same checks and seek points zlib's cursors enter."""
+    from . import isal
+
+    if isal.available():
+        from .isalseek import IsalGzipIndexer
+
+        return IsalGzipIndexer(blob, spacing, on_input)
+    return GzipIndexer(blob, spacing, on_input)
+
+
+def new_cursor(blob: BlobHandle, points: SeekPoints, index: int) -> GzipCursor:
+    """A cursor at seek point ``index``: ISA-L's (isalseek) where libisal is installed, else
+    zlib's; both read the same bytes from the same points."""
+    from . import isal
+
+    if isal.available():
+        from .isalseek import IsalGzipCursor
+
+        return IsalGzipCursor(blob, points, index)
+    return GzipCursor(blob, points, index)
+
+
 class GzipCursor:
     """An inflater positioned somewhere in the uncompressed stream; reads forward from there.
     Not thread safe (the caller locks)."""
@@ -483,13 +515,17 @@ class GzipCursor:
         self.scratch: ctypes.Array[ctypes.c_char] | None = None
         window = points.window(index)
         self.raw = bool(window)  # inside a member: bare deflate, no header, trailer unread
-        self.inflater: Inflater | None = Inflater(RAW_WBITS if self.raw else GZIP_WBITS)
+        self.inflater: Inflater | Any | None = self._new_inflater()
         try:
             if self.raw:
                 self._enter_block(self.inflater, points.bits[index], window)
         except BaseException:
             self.close()
             raise
+
+    def _new_inflater(self) -> Inflater | Any:
+        """The inflater ``_inflate`` drives (isalseek's subclass makes its own)."""
+        return Inflater(RAW_WBITS if self.raw else GZIP_WBITS)
 
     def _enter_block(self, inflater: Inflater, bits: int, window: bytes) -> None:
         if bits:

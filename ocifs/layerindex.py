@@ -4,12 +4,13 @@
 cache stores and loads the same record, and the image's merge and readers use it.
 
 The blob is read once, front to back. For a gzip layer, gzseek inflates it strictly (CRC,
-length, truncation, trailing garbage: B3) and records seek points on the way, in a thread of
-its own (zstdseek does the same for a zstd layer: frame checksums, frame starts); the tar
-scanner reads the uncompressed stream, the diff_id hash and the block sums (``blockcheck``:
-what every read is checked against later) take every byte of it in this thread, and the
-layer digest is hashed from a second file handle in a third. zlib, libzstd and hashlib let
-go of the GIL, so the three overlap and a layer indexes in about the time of the slowest.
+length, truncation, trailing garbage: B3), with ISA-L where it is installed (isalseek), and
+records seek points on the way, in a thread of its own (zstdseek does the same for a zstd layer:
+frame checksums, frame starts); the tar scanner reads the uncompressed stream, the diff_id hash
+and the block sums (``blockcheck``: what every read is checked against later) take every byte of
+it in this thread, and the layer digest is hashed from a second file handle in a third. zlib,
+ISA-L, libzstd and hashlib let go of the GIL, so the three overlap and a layer indexes in about
+the time of the slowest.
 Reading the layer afterwards is ``layerread``'s job.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 from .blobs import BlobStream, Progress
 from .blockcheck import CHECK_BLOCK, BlockHasher, BlockSums
 from .errors import LayerError, LayoutError, OcifsError
-from .gzseek import DEFAULT_SPACING, GzipIndexer, SeekPoints
+from .gzseek import DEFAULT_SPACING, SeekPoints, new_indexer
 from .layout import LayerRef
 from .mediatypes import Compression
 from .tarscan import TarEntry, scan_tar
@@ -209,7 +210,7 @@ def _index_gzip(
     diff_hasher = new_hash(layer.diff_id) if verify else None
     # Without a known blob digest (a docker-archive's gzip layer) the diff_id checks it all.
     blob_digest = BlobHash(layer) if verify and layer.digest_known else None
-    indexer = GzipIndexer(blob, spacing, advance)
+    indexer = new_indexer(blob, spacing, advance)
     name = f"read-layer-{layer.position}"
     block_hasher = BlockHasher(CHECK_BLOCK[layer.compression]) if verify else None
     hashers = [h for h in (diff_hasher, block_hasher) if h is not None]

@@ -29,7 +29,7 @@ from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
 from .blockcheck import BlockMismatch, BlockSums
 from .errors import CompressionError, LayerError
-from .gzseek import GzipCursor, SeekPoints
+from .gzseek import SeekPoints, new_cursor
 from .layout import LayerRef
 from .mediatypes import Compression
 from .prefetch import Cursor, InflatePool, Prefetcher
@@ -422,7 +422,7 @@ class GzipLayerReader(SeekableLayerReader):
     """A gzip layer: cursors inflate from deflate block boundaries, with their windows."""
 
     def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
-        return GzipCursor(blob, points, index)
+        return new_cursor(blob, points, index)
 
 
 class ZstdLayerReader(SeekableLayerReader):

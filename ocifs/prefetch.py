@@ -32,7 +32,7 @@ from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
 from .blockcheck import BlockSums
 from .errors import CompressionError
-from .gzseek import GzipCursor, SeekPoints
+from .gzseek import SeekPoints, new_cursor
 from .layout import LayerRef
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Prefetcher:
         points: SeekPoints,
         cache: BlockCache,
         pool: InflatePool | None,
-        open_cursor: CursorFactory = GzipCursor,
+        open_cursor: CursorFactory = new_cursor,
         blocks: BlockSums | None = None,
     ) -> None:
         self.layer = layer

@@ -11,6 +11,8 @@ import os
 import random
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Iterator
@@ -20,11 +22,31 @@ from types import FrameType
 import indexed_gzip
 import pytest
 
+from ocifs import gzseek, isal
 from ocifs.blobs import BlobHandle, FileBlob
 from ocifs.errors import CompressionError
 from ocifs.gzseek import CHUNK, GzipCursor, GzipIndexer, SeekPoints
 
 SPACING = 64 << 10
+
+# Every test of the indexing pass runs with each inflater installed here: zlib's (always, the
+# fallback) and ISA-L's (where libisal2 is). Their seek points are entered by zlib's cursor.
+INFLATERS: dict[str, type[GzipIndexer]] = {"zlib": GzipIndexer}
+CURSORS: dict[str, type[GzipCursor]] = {"zlib": GzipCursor}
+if isal.available():
+    from ocifs.isalseek import IsalGzipCursor, IsalGzipIndexer
+
+    INFLATERS["isal"] = IsalGzipIndexer
+    CURSORS["isal"] = IsalGzipCursor
+
+
+@pytest.fixture(autouse=True, params=sorted(INFLATERS))
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with this inflater's indexer and cursor as the module's ``GzipIndexer``
+    and ``GzipCursor``."""
+    monkeypatch.setitem(globals(), "GzipIndexer", INFLATERS[request.param])
+    monkeypatch.setitem(globals(), "GzipCursor", CURSORS[request.param])
+    return str(request.param)
 
 
 def mixed_data(size: int, seed: int) -> bytes:
@@ -409,12 +431,13 @@ def test_bad_crc_and_length_are_refused() -> None:
     assert refused(member(b"one") + bad_size) == "gzip member 2 is damaged: incorrect length check"
 
 
-def test_damaged_deflate_data_is_refused() -> None:
+def test_damaged_deflate_data_is_refused(inflater: str) -> None:
     blob = bytearray(member(mixed_data(100_000, 22)))
     blob[10] = 0x07  # the first block header: final, type 3 (reserved)
-    assert refused(bytes(blob)) == "gzip member 1 is damaged: invalid block type"
+    reason = {"zlib": "invalid block type", "isal": "invalid block"}[inflater]
+    assert refused(bytes(blob)) == f"gzip member 1 is damaged: {reason}"
     second = member(b"one") + bytes(blob)
-    assert refused(second) == "gzip member 2 is damaged: invalid block type"
+    assert refused(second) == f"gzip member 2 is damaged: {reason}"
     header = bytearray(member(b"x"))
     header[2] = 7  # compression method
     assert refused(bytes(header)) == "gzip member 1 is damaged: unknown compression method"
@@ -638,3 +661,65 @@ def test_indexers_in_threads(
     for thread in threads:
         thread.join()
     assert results == {0: mixed[0], 1: b"".join(members[0]), 2: mixed[0]}
+
+
+def test_isal_is_used_where_installed_and_zlib_otherwise() -> None:
+    """new_indexer picks ISA-L where libisal2 loads; OCIFS_INFLATE=zlib (or no libisal)
+    falls back to zlib, whose pass gives the same stream and refuses the same damage (B3)."""
+    expected = "IsalGzipIndexer" if "isal" in INFLATERS else "GzipIndexer"
+    assert type(gzseek.new_indexer(io.BytesIO(member(b"x")))).__name__ == expected
+    script = (
+        "import io, zlib; from ocifs import gzseek, isal; assert not isal.available(); "
+        "c = zlib.compressobj(6, zlib.DEFLATED, 31); b = c.compress(b'y' * 99) + c.flush(); "
+        "i = gzseek.new_indexer(io.BytesIO(b)); assert type(i) is gzseek.GzipIndexer; "
+        "assert i.read(1000) == b'y' * 99; print('zlib')"
+    )
+    env = dict(os.environ, OCIFS_INFLATE="zlib", PYTHONPATH=str(Path(__file__).parent.parent))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "zlib", done.stderr
+
+
+@pytest.mark.skipif("isal" not in INFLATERS, reason="libisal2 is not installed")
+def test_isal_and_zlib_index_a_stream_alike(blob_fd: BlobFiles) -> None:
+    """The same stream and the same number of members from both; every ISA-L seek point
+    serves, through zlib's cursor, the bytes the stream has there."""
+    data = mixed_data(5 << 20, 30)
+    blob = member(data[: 2 << 20]) + member(data[2 << 20 :], level=9)
+    found = {}
+    for name, cls in INFLATERS.items():
+        indexer = cls(io.BytesIO(blob), SPACING)
+        assert indexer.read(len(data) + 1) == data
+        found[name] = indexer.finish()
+    points = found["isal"]
+    assert len(points) > 40 and points.size == found["zlib"].size == len(data)
+    fd = open_blob(blob_fd, blob)
+    for seek, cursor in ((points, CURSORS["zlib"]), (found["zlib"], CURSORS["isal"])):
+        for i in range(len(seek)):
+            offset = seek.uncompressed[i]
+            reader = cursor(fd, seek, i)
+            assert reader.read(3000) == data[offset : offset + 3000]
+            reader.close()
+
+
+@pytest.mark.skipif(
+    "isal" not in INFLATERS or not Path("/usr/include/isa-l/igzip_lib.h").exists(),
+    reason="libisal2 or its headers (libisal-dev) are not installed",
+)
+def test_isal_state_layout_matches_the_headers(tmp_path: Path) -> None:
+    """ocifs.isal's ctypes InflateState has the size and field offsets of the installed
+    headers' struct inflate_state (isalseek copies it byte for byte and reads its fields)."""
+    fields = [name for name, _ in isal.InflateState._fields_]
+    source = tmp_path / "layout.c"
+    source.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <isa-l/igzip_lib.h>\n"
+        'int main(void) {\n  printf("%zu\\n", sizeof(struct inflate_state));\n'
+        + "".join(
+            f'  printf("%zu\\n", offsetof(struct inflate_state, {name}));\n' for name in fields
+        )
+        + "  return 0;\n}\n"
+    )
+    subprocess.run(["gcc", "-o", str(tmp_path / "layout"), str(source)], check=True)
+    printed = subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True)
+    numbers = [int(line) for line in printed.stdout.split()]
+    offsets = [getattr(isal.InflateState, name).offset for name in fields]
+    assert numbers == [isal.STATE_SIZE, *offsets]
