@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 CACHE_TIMEOUT = 24 * 3600.0  # the image is immutable: cache names and attributes for a day
 ST_BLKSIZE = 4096  # the I/O size stat and statfs report
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+# Whether this pyfuse3 lets opendir return a FileInfo that asks the kernel to cache listings
+# (FOPEN_CACHE_DIR). Released pyfuse3 (3.5.0) does not: opendir returns only a handle, so every
+# `find` on a mount asks for every listing again. See the README's "find" section.
+CACHE_READDIR = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -131,9 +135,18 @@ class ImageOperations(pyfuse3.Operations):
         return node.target  # byte for byte, never followed (A1)
 
     @handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if not self._inode(inode).is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> Any:
+        """The directory's inode as its handle; where pyfuse3 lets opendir say so, also
+        FOPEN_CACHE_DIR and FOPEN_KEEP_CACHE: the kernel keeps each listing in the page cache
+        and serves every later readdir of the directory from there, without a request.
+
+        Any, not int: a pyfuse3 with ``FileInfo.cache_readdir`` takes a FileInfo here too,
+        and pyfuse3's own stubs only know the int.
+        """
+        if not self.tree.is_dir(inode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR if 0 < inode <= len(self.tree) else errno.ENOENT)
+        if CACHE_READDIR:
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True, cache_readdir=True)  # type: ignore[call-arg]
         return inode
 
     @handler
