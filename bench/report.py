@@ -138,6 +138,14 @@ def rows_for(image: Image, ocifs_cached: bool) -> list[Row]:
             target="< 2 s",
             check=lambda o, r, f: o < 2,
         ),
+        Row(
+            name,
+            "find again, same mount [s]",
+            "find_again_s",
+            floor="unpacked",
+            target="<= 2x unpacked",
+            check=lambda o, r, f: f is not None and o <= 2 * f,
+        ),
         Row(name, "lstat of every entry [s]", "stat_s", floor="unpacked"),
     ]
     for file in image.files:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import itertools
 import logging
 import os
 import stat
@@ -46,6 +45,11 @@ TRUSTED_PROVENANCE_XATTR = b"trusted.ocifs.layer"
 # and the cap changed neither the reads done nor the peak RSS (README, "Memory under load"),
 # while a burst (readahead of many files at once) now holds about 10 MiB, not 25.
 READ_THREADS = 16
+
+# Whether this pyfuse3 lets opendir return a FileInfo that asks the kernel to cache listings
+# (FOPEN_CACHE_DIR). Released pyfuse3 (3.5.0) does not: opendir returns only a handle, so every
+# `find` on a mount asks for every listing again. See the README's "find" section.
+CACHE_READDIR = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -167,23 +171,56 @@ class ImageOperations(pyfuse3.Operations):
         return node.target  # byte for byte, never followed (A1)
 
     @handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if not self._inode(inode).is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> Any:
+        """The directory's inode as its handle; where pyfuse3 lets opendir say so, also
+        FOPEN_CACHE_DIR and FOPEN_KEEP_CACHE: the kernel keeps each listing in the page cache
+        and serves every later readdir of the directory from there, without a request.
+
+        Any, not int: a pyfuse3 with ``FileInfo.cache_readdir`` takes a FileInfo here too,
+        and pyfuse3's own stubs only know the int.
+        """
+        if not self.tree.is_dir(inode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR if 0 < inode <= len(self.tree) else errno.ENOENT)
+        if CACHE_READDIR:
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True, cache_readdir=True)  # type: ignore[call-arg]
         return inode
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # Offsets: 0 is ".", 1 is "..", 2 + i is the i-th child; next_id is the one after.
-        # The hot loop of `find` and `ls -R`: one EntryAttributes serves the whole reply.
+        # The hot loop of `find` and `ls -R`, with every entry's attributes (readdirplus):
+        # one EntryAttributes serves the whole reply (readdir_reply copies it at once), and
+        # the tree's columns are read in place, about a fifth faster than fill_attributes.
         tree = self.tree
-        specials = [(b".", fh), (b"..", tree.parent_of(fh))][start_id:]
-        entries = itertools.chain(specials, tree.children(fh, max(start_id - 2, 0)))
         entry = self.attributes(fh)
-        for next_id, (name, ino) in enumerate(entries, start=start_id + 1):
+        for next_id, (name, ino) in enumerate(
+            [(b".", fh), (b"..", tree.parent_of(fh))][start_id:], start=start_id + 1
+        ):
             self.fill_attributes(entry, ino)
             if not pyfuse3.readdir_reply(token, name, entry, next_id):
-                break
+                return
+        mode, nlink, uid, gid = tree.mode, tree.nlink, tree.uid, tree.gid
+        rdev, size, mtime_ns, sparse = tree.rdev, tree.size, tree.mtime_ns, tree.sparse
+        names, child_name, child_ino = tree.names, tree.child_name, tree.child_ino
+        first = tree.first_child[fh]
+        start = max(start_id - 2, 0)
+        for index in range(first + start, first + tree.child_count[fh]):
+            ino = child_ino[index]
+            stored = size[ino]
+            entry.st_ino = ino
+            entry.st_mode = mode[ino]
+            entry.st_nlink = nlink[ino]
+            entry.st_uid = uid[ino]
+            entry.st_gid = gid[ino]
+            entry.st_rdev = rdev[ino]
+            entry.st_size = stored
+            if sparse and ino in sparse:  # as in fill_attributes: holes take no blocks
+                stored = sum(length for _, length in sparse[ino])
+            entry.st_blocks = (stored + 511) // 512
+            entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = mtime_ns[ino]
+            name = names[child_name[index] : child_name[index + 1]]
+            if not pyfuse3.readdir_reply(token, name, entry, index - first + 3):
+                return
 
     @handler
     async def releasedir(self, fh: int) -> None:

@@ -217,17 +217,21 @@ def test_first_mount_target_needs_both_comparisons() -> None:
 
 def test_rows_per_image_and_per_big_file() -> None:
     rows = rows_for(image([("srv/bench/random.bin", 64 << 20), ("srv/app.log", 1 << 20)]), True)
-    assert len(rows) == 10 + 2 * 4
+    assert len(rows) == 11 + 2 * 4
     keys = [row.key for row in rows]
-    assert keys[10:14] == [
+    assert keys[11:15] == [
         "seq_cold_mb_s:srv/bench/random.bin",
         "seq_warm_mb_s:srv/bench/random.bin",
         "random_median_ms:srv/bench/random.bin",
         "random_p99_ms:srv/bench/random.bin",
     ]
-    assert rows[10].label == "random.bin (64 MiB) cold read [MB/s]"
-    assert rows[14].label == "app.log (1 MiB) cold read [MB/s]"
-    assert rows[10].higher_is_better and not rows[12].higher_is_better
+    assert rows[11].label == "random.bin (64 MiB) cold read [MB/s]"
+    assert rows[15].label == "app.log (1 MiB) cold read [MB/s]"
+    assert rows[11].higher_is_better and not rows[13].higher_is_better
+    again = rows[keys.index("find_again_s")]
+    assert again.floor == "unpacked"
+    assert verdict(again, 3.0, None, 1.5) == ("<= 2x unpacked: met", True)
+    assert verdict(again, 3.1, None, 1.5) == ("<= 2x unpacked: NOT met", False)
 
 
 def test_later_mount_not_judged_without_a_cache() -> None:

@@ -1030,3 +1030,108 @@ def test_h4_h2_h1_link_chain_one_inode(more: Path) -> None:
     for name in names:
         assert (more / "h4" / name).read_bytes() == b"chain"
         assert os.getxattr(more / "h4" / name, "user.h") == b"a"
+
+
+# --- directory listings: offsets, resumption, the kernel's readdir cache ----------------------
+
+BIG_DIR_ENTRIES = 3000
+
+
+def getdents(fd: int, size: int = 32768) -> list[tuple[bytes, int]]:
+    """One getdents64 call on ``fd``: the (name, d_off) pairs it returned, in order."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(size)
+    got = libc.syscall(217, fd, buffer, size)  # SYS_getdents64 on x86_64
+    if got < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    raw = buffer.raw[:got]
+    entries, position = [], 0
+    while position < got:
+        (d_off,) = struct.unpack_from("<q", raw, position + 8)
+        (reclen,) = struct.unpack_from("<H", raw, position + 16)
+        name = raw[position + 19 : position + reclen].split(b"\0", 1)[0]
+        entries.append((name, d_off))
+        position += reclen
+    return entries
+
+
+def list_from(directory: Path, offset: int, size: int = 32768) -> list[tuple[bytes, int]]:
+    """Open ``directory``, seek to ``offset`` (a d_off it gave out) and read one buffer."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return getdents(fd, size)
+    finally:
+        os.close(fd)
+
+
+def list_all(directory: Path) -> list[tuple[bytes, int]]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        entries: list[tuple[bytes, int]] = []
+        while chunk := getdents(fd, 4096):  # small buffers: many requests, each resumed
+            entries.extend(chunk)
+        return entries
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def big_mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory of BIG_DIR_ENTRIES files (and a few subdirectories) across two layers."""
+    root = tmp_path_factory.mktemp("big")
+    writer = LayoutWriter(root / "layout")
+    lower = [d("big"), *(f(f"big/n{i:05d}", b"%d\n" % i) for i in range(BIG_DIR_ENTRIES))]
+    upper = [d("big/sub"), f("big/sub/x", b"x"), link("big/sub/y", "big/n00007"), wh("big/n00003")]
+    layers = [writer.add_layer(make_tar(lower), "gzip"), writer.add_layer(make_tar(upper), "none")]
+    writer.add_image(layers, ref="latest", platform=host_platform())
+    writer.save()
+    with mounted(f"{root / 'layout'}:latest", root / "m") as mountpoint:
+        yield mountpoint
+
+
+def expected_big_names() -> list[bytes]:
+    names = {b"n%05d" % i for i in range(BIG_DIR_ENTRIES)} - {b"n00003"} | {b"sub"}
+    return [b".", b"..", *sorted(names)]
+
+
+def test_readdir_of_a_big_directory_is_the_same_every_time(big_mnt: Path) -> None:
+    """W1: the first listing (from the daemon) and later ones (from the kernel's readdir cache,
+    where pyfuse3 allows it) give the same names at the same offsets, in small buffers too."""
+    first = list_all(big_mnt / "big")
+    assert [name for name, _ in first] == expected_big_names()
+    offsets = [offset for _, offset in first]
+    assert len(set(offsets)) == len(offsets)
+    for _ in range(2):
+        assert list_all(big_mnt / "big") == first
+        assert list_from(big_mnt / "big", 0) == first[: len(list_from(big_mnt / "big", 0))]
+
+
+def test_readdir_resumed_at_every_offset(big_mnt: Path) -> None:
+    """A listing resumed at any offset it gave out goes on with the next entry, on a fresh
+    open (from the daemon or the kernel's cache alike): what telldir/seekdir and NFS rely on."""
+    listing = list_all(big_mnt / "big")
+    starts = [0] + [offset for _, offset in listing]
+    for index, start in enumerate(starts):
+        resumed = list_from(big_mnt / "big", start, 1024)
+        assert resumed == listing[index : index + len(resumed)]
+        assert resumed or index == len(listing)
+
+
+def test_ls_find_du_stat_agree_after_cached_listings(big_mnt: Path) -> None:
+    """H1 W1: after several walks (entries counted as lookups by readdirplus, listings from
+    the cache), every name still resolves: ls -la, find, du and stat agree with the tree."""
+    for _ in range(3):
+        found = sh("find", big_mnt).splitlines()
+        assert len(found) == 1 + 1 + (BIG_DIR_ENTRIES - 1) + 1 + 2  # root, big, files, sub/x, sub/y
+    ls_lines = sh("ls", "-la", big_mnt / "big").splitlines()[1:]  # after "total"
+    assert sorted(line.split()[-1].encode() for line in ls_lines) == sorted(expected_big_names())
+    assert stat_c("%h %i", big_mnt / "big/sub/y") == stat_c("%h %i", big_mnt / "big/n00007")
+    assert stat_c("%h", big_mnt / "big/n00007").strip() == "2"
+    apparent = int(sh("du", "-s", "-b", big_mnt / "big").split()[0])
+    # every file once (the hardlink counted once), plus each directory's reported size
+    files = sum(len(b"%d\n" % i) for i in range(BIG_DIR_ENTRIES) if i != 3) + 1
+    directories = os.lstat(big_mnt / "big").st_size + os.lstat(big_mnt / "big/sub").st_size
+    assert apparent == files + directories
