@@ -36,7 +36,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -387,13 +387,7 @@ def side_of(image: Image) -> Side:
     return Side(image.tree, [layer.diff_id for layer in image.resolved.layers])
 
 
-def diff_images(
-    a: Image,
-    b: Image,
-    mtime: bool = False,
-    workers: int = WORKERS,
-    compare: Callable[[Sequence[Pending], ContentStats], set[bytes]] | None = None,
-) -> ImageDiff:
+def diff_images(a: Image, b: Image, mtime: bool = False, workers: int = WORKERS) -> ImageDiff:
     """Every difference between two images; OcifsError if a file's bytes cannot be read."""
     comparison = compare_trees(side_of(a), side_of(b), mtime)
     logger.info(
@@ -402,6 +396,5 @@ def diff_images(
         len(comparison.pending),
         comparison.stats.same_place,
     )
-    if compare is None:
-        compare = ContentComparer(a, b, min(workers, (os.cpu_count() or 1) * 2)).differing
-    return comparison.finish(compare(comparison.pending, comparison.stats))
+    comparer = ContentComparer(a, b, min(workers, (os.cpu_count() or 1) * 2))
+    return comparison.finish(comparer.differing(comparison.pending, comparison.stats))
