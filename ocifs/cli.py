@@ -1,12 +1,14 @@
-"""The command line: parses ``ocifs mount``, ``ocifs umount``, ``ocifs index`` and ``ocifs
-inspect`` (``inspectview``) and runs them.
+"""The command line: parses ``ocifs mount``, ``ocifs umount``, ``ocifs index``, ``ocifs
+inspect`` (``inspectview``) and ``ocifs diff`` and runs them.
 
 ``mount`` resolves and indexes the image in the foreground, or takes its index from the cache
 (so every problem is reported as one line with a non-zero exit, before anything is attached),
 then hands it to ``daemon``, which mounts it and, unless ``-f`` was given, leaves a daemon
 behind that serves the mount (logging to a file) and returns. ``umount`` takes an ocifs mount
 away, which ends its daemon. ``index`` builds the cached indexes of an image without mounting
-it, so a later mount is quick.
+it, so a later mount is quick. ``diff`` loads two images the way ``mount`` does and says
+what differs between them (``imagediff``, ``diffreport``), exiting like diff(1): 0 if they
+are equal, 1 if they differ, 2 on trouble.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from pathlib import Path
 
 from . import __version__, daemon, inspectview
 from .blockcache import BLOCK_CACHE_BYTES
+from .diffreport import json_text, text_lines
 from .errors import OcifsError, show
 from .image import Image, LoadReport, load_image
 from .imagearg import resolve_arg
+from .imagediff import diff_images
 from .indexcache import IndexCache, default_cache_dir
 from .layout import Platform, ResolvedImage
 from .mountinfo import unescape_mount_path
@@ -124,6 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_options(inspect)
     inspectview.add_arguments(inspect)
     inspect.add_argument("--debug", action="store_true", help="log what is done")
+
+    diff = commands.add_parser(
+        "diff",
+        help="say what differs between two images",
+        description="Compare the images A and B (each LAYOUT[:REF|@DIGEST]) entry by entry:"
+        " one line per path added (A), removed (D) or changed (M, with what changed), like"
+        " git diff --name-status. Contents are compared by their bytes, but files that come"
+        " from the same place of the same layer are equal without reading them. Exit status:"
+        " 0 if the images are equal, 1 if they differ, 2 on trouble.",
+    )
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    diff.add_argument("--json", action="store_true", help="write one JSON document instead")
+    diff.add_argument(
+        "--mtime", action="store_true", help="compare modification times too (default: not)"
+    )
+    add_image_options(diff)
+    diff.add_argument("--debug", action="store_true", help="log what is done")
     return parser
 
 
@@ -177,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     daemon.log_to_terminal(debug)
+    failure = 2 if args.command == "diff" else 1  # diff(1)'s: 1 says "they differ"
     try:
         if args.command == "mount":
             return mount(args)
@@ -184,10 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return index(args)
         if args.command == "inspect":
             return inspectview.run(args)
+        if args.command == "diff":
+            return compare(args)
         return umount(args.mountpoint)
     except OcifsError as error:
         print(f"ocifs: error: {error}", file=sys.stderr)
-        return 1
+        return failure
     except KeyboardInterrupt:
         print("ocifs: interrupted", file=sys.stderr)
         return 130
@@ -195,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"ocifs: internal error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        return failure
 
 
 def open_image(args: argparse.Namespace, report: LoadReport) -> Image:
@@ -256,6 +281,31 @@ def index(args: argparse.Namespace) -> int:
         f" {len(image.tree):,} inodes; cache: {where}"
     )
     return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """``ocifs diff A B``: load both (the second finds the layers they share in the cache),
+    compare, print; 0 if equal, 1 if not."""
+    images: list[Image] = []
+    try:
+        for arg in (args.a, args.b):
+            images.append(
+                open_image(argparse.Namespace(**{**vars(args), "image": arg}), LoadReport())
+            )
+        result = diff_images(images[0], images[1], mtime=args.mtime)
+    finally:
+        for image in images:
+            image.close()
+    if args.json:
+        text = json_text(result, args.a, args.b) + "\n"
+    else:
+        text = "".join(f"{line}\n" for line in text_lines(result))
+    try:
+        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+        sys.stdout.flush()
+    except BrokenPipeError:  # diff | head: what was wanted was read
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0 if result.equal else 1
 
 
 def mount(args: argparse.Namespace) -> int:

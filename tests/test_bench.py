@@ -856,3 +856,34 @@ def test_report_rows_of_the_derived_formats(derived: dict[str, Image]) -> None:
         "(hashlib) for docker-archive, of every blob"
     )
     assert any(line.startswith("images named BASE-zstd") for line in legend)
+
+
+def test_imagediff_paths_of_diff_r_and_of_ocifs_diff_agree() -> None:
+    """bench.imagediff's check: diff -rq names the top of a tree only one side has, and
+    not mode changes; ocifs diff's lines are reduced to the same."""
+    from bench.imagediff import diff_r_tops, ocifs_tops
+
+    a, b = Path("/m/a"), Path("/m/b")
+    output = "\n".join(
+        [
+            "Only in /m/b: new",
+            "Only in /m/a/etc: gone",
+            "Files /m/a/etc/x and /m/b/etc/x differ",
+            "Symbolic links /m/a/l and /m/b/l differ",
+            "File /m/a/t is a directory while file /m/b/t is a regular file",
+        ]
+    )
+    assert diff_r_tops(output, a, b) == {"new", "etc/gone", "etc/x", "l", "t"}
+    lines = [
+        "A\tnew",
+        "A\tnew/1",
+        "D\tetc/gone",
+        "M\tetc/mode\t(mode)",
+        "M\tetc/x\t(size,content)",
+        "M\tl\t(target)",
+        "M\tt\t(type)",
+        "D\tt/inner",
+    ]
+    assert ocifs_tops(lines) == {"new", "etc/gone", "etc/x", "l", "t"}
+    with pytest.raises(BenchError):
+        diff_r_tops("something else", a, b)
