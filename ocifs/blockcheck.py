@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import array
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import xxhash
@@ -101,10 +100,24 @@ class BlockSums:
             "from what the verified indexing pass read (the blob was damaged or changed)"
         )
 
-    def summer(self) -> Callable[[bytes | memoryview], int]:
-        """The function that sums one of these blocks as ``block_sum`` does, in one call for
-        blocks that fit in a PIECE (the tar reader's 32 KiB do)."""
-        return xxhash.xxh3_64_intdigest if self.block <= PIECE else block_sum
+    def check_run(self, first: int, data: memoryview) -> None:
+        """Raise BlockMismatch unless ``data`` is blocks ``first``, ``first + 1``, ... as
+        they were indexed: whole blocks, the last one short only at the stream's end. One
+        loop, one call a block (the tar reader checks each read this way, uncopied)."""
+        unit = self.block
+        start = first * unit
+        count = -(-len(data) // unit)
+        if first < 0 or first + count > len(self.sums):
+            raise BlockMismatch(f"block {first + count - 1} is past the indexed stream")
+        if start + len(data) != min(start + count * unit, self.size):
+            raise BlockMismatch(f"{len(data)} bytes at stream offset {start} are not whole blocks")
+        digest = xxhash.xxh3_64_intdigest if unit <= PIECE else block_sum
+        sums = self.sums
+        number = first
+        for at in range(0, len(data), unit):
+            if digest(data[at : at + unit]) != sums[number]:
+                raise self.mismatch(number)
+            number += 1
 
 
 class BlockHasher:

@@ -72,8 +72,9 @@ class TarLayerReader:
     """An uncompressed layer: the blob is the tar stream, read by offset.
 
     With block sums, a read takes the whole aligned blocks it overlaps (``CHECK_BLOCK``,
-    32 KiB) in one pread, sums each in one tight loop, and serves its slice as a view of
-    what it read, without copying (pyfuse3 replies from any buffer): a 4 KiB read costs a
+    32 KiB) in one pread, sums them in one tight loop (``BlockSums.check_run``), and serves
+    its slice as a view of what it read, without copying (pyfuse3 replies from any
+    buffer): a 4 KiB read costs a
     32 KiB pread and one sum. The last block a read checked is kept, as a view: a read that
     falls inside it (small sequential reads) is served from it without a pread. A read that
     only begins in it reads that block again rather than join the two: on this machine
@@ -85,7 +86,6 @@ class TarLayerReader:
         self.layer = layer
         self.blob = layer.blob.open()
         self.blocks = blocks
-        self.summer = blocks.summer() if blocks is not None else None
         # The last block a read checked, (number, its bytes): a view into that read's data.
         self.kept: tuple[int, memoryview] | None = None
 
@@ -104,8 +104,8 @@ class TarLayerReader:
         return cls(layer, blocks)
 
     def pread(self, offset: int, size: int) -> bytes | memoryview:
-        blocks, summer = self.blocks, self.summer
-        if blocks is None or summer is None:
+        blocks = self.blocks
+        if blocks is None:
             return self._read(offset, offset + size)
         end = offset + size
         if end > blocks.size:
@@ -119,13 +119,11 @@ class TarLayerReader:
         if first == last and kept is not None and kept[0] == first:
             return kept[1][offset - start : end - start]
         stop = min((last + 1) * unit, blocks.size)
-        view = memoryview(self._read(start, stop))  # _read checked its length
-        sums = blocks.sums
-        number = first
-        for at in range(0, stop - start, unit):
-            if summer(view[at : at + unit]) != sums[number]:
-                raise DamagedLayer(f"{self.layer.describe()}: {blocks.mismatch(number)}")
-            number += 1
+        view = memoryview(self._read(start, stop))
+        try:
+            blocks.check_run(first, view)
+        except BlockMismatch as error:
+            raise DamagedLayer(f"{self.layer.describe()}: {error}") from None
         self.kept = (last, view[(last - first) * unit :])
         return view[offset - start : end - start]
 
