@@ -90,7 +90,7 @@ def upper_layer(arg: str, cache: Path) -> tuple[bytes, dict[str, str]]:
                 info = tarfile.TarInfo(name)
                 info.mode, info.uid, info.gid = stat.S_IMODE(node.mode), node.uid, node.gid
                 info.mtime = node.mtime_ns // 10**9
-                data = image.read(node, 0, node.size)
+                data = bytes(image.read(node, 0, node.size))
                 if kind == "removed":
                     head, _, tail = name.rpartition("/")
                     info = tarfile.TarInfo(f"{head}/.wh.{tail}" if head else f".wh.{tail}")

@@ -87,14 +87,37 @@ class BlockSums:
 
     def check(self, number: int, data: bytes | memoryview) -> None:
         """Raise BlockMismatch unless ``data`` is block ``number`` as it was indexed."""
-        start = number * self.block
         if not 0 <= number < len(self.sums):
             raise BlockMismatch(f"block {number} is past the indexed stream of {self.size} bytes")
         if len(data) != self.length(number) or block_sum(data) != self.sums[number]:
-            raise BlockMismatch(
-                f"the data at stream offset {start}-{start + self.length(number)} differs "
-                "from what the verified indexing pass read (the blob was damaged or changed)"
-            )
+            raise self.mismatch(number)
+
+    def mismatch(self, number: int) -> BlockMismatch:
+        """What ``check`` raises for block ``number`` (for a loop that sums blocks itself)."""
+        start = number * self.block
+        return BlockMismatch(
+            f"the data at stream offset {start}-{start + self.length(number)} differs "
+            "from what the verified indexing pass read (the blob was damaged or changed)"
+        )
+
+    def check_run(self, first: int, data: memoryview) -> None:
+        """Raise BlockMismatch unless ``data`` is blocks ``first``, ``first + 1``, ... as
+        they were indexed: whole blocks, the last one short only at the stream's end. One
+        loop, one call a block (the tar reader checks each read this way, uncopied)."""
+        unit = self.block
+        start = first * unit
+        count = -(-len(data) // unit)
+        if first < 0 or first + count > len(self.sums):
+            raise BlockMismatch(f"block {first + count - 1} is past the indexed stream")
+        if start + len(data) != min(start + count * unit, self.size):
+            raise BlockMismatch(f"{len(data)} bytes at stream offset {start} are not whole blocks")
+        digest = xxhash.xxh3_64_intdigest if unit <= PIECE else block_sum
+        sums = self.sums
+        number = first
+        for at in range(0, len(data), unit):
+            if digest(data[at : at + unit]) != sums[number]:
+                raise self.mismatch(number)
+            number += 1
 
 
 class BlockHasher:

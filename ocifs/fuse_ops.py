@@ -239,7 +239,10 @@ class ImageOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # pyfuse3 replies from any contiguous buffer (fuse_read_async: PyObject_GetBuffer,
+        # PyBUF_CONTIG_RO), though its stub says bytes: a tar layer's read is served as a
+        # view of what the reader read, uncopied.
         node = self._inode(fh)
         try:
             return await trio.to_thread.run_sync(

@@ -59,8 +59,9 @@ class Image:
         self.layers = tuple(resolved.layers if layers is None else layers)
         self.view = view
 
-    def read(self, node: Inode, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes of a regular file at ``offset``; short only at end of file.
+    def read(self, node: Inode, offset: int, size: int) -> bytes | memoryview:
+        """Up to ``size`` bytes of a regular file at ``offset``; short only at end of file
+        (a view, not a copy, of what a tar layer's reader read).
 
         Raises layerread.DamagedLayer when the layer's data cannot be read.
         """

@@ -62,6 +62,27 @@ def test_sums_must_cover_the_stream() -> None:
         BlockSums(ALGORITHM, CACHE_BLOCK, array.array("Q", [1, 2]), 3 * CACHE_BLOCK)
 
 
+def test_v1_check_run_checks_whole_blocks_in_one_call() -> None:
+    """The tar reader's check (V1): a run of whole blocks from a block's start, the last
+    short only at the stream's end, each block summed; anything else is refused."""
+    data = random.Random(3).randbytes(10 * 1000 + 123)
+    hasher = BlockHasher(1000)
+    hasher.update(data)
+    sums = hasher.finish()
+    view = memoryview(data)
+    sums.check_run(0, view)
+    sums.check_run(4, view[4000:7000])
+    sums.check_run(9, view[9000:])  # the short last block
+    with pytest.raises(BlockMismatch, match="not whole blocks"):
+        sums.check_run(4, view[4000:6500])
+    with pytest.raises(BlockMismatch, match="past the indexed stream"):
+        sums.check_run(10, view[:2000])
+    spoiled = bytearray(data)
+    spoiled[6001] ^= 1
+    with pytest.raises(BlockMismatch, match="stream offset 6000-7000 differs"):
+        sums.check_run(4, memoryview(spoiled)[4000:8000])
+
+
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 def test_v1_the_verified_pass_sums_every_block_of_the_stream(
     tmp_path: Path, compression: str
@@ -154,13 +175,16 @@ def test_v1_an_uncompressed_layer_is_read_and_checked_by_whole_blocks(tmp_path: 
         assert reader.pread(6 * unit + 10, 4096) == tar[6 * unit + 10 :][:4096]
         assert reader.pread(9 * unit - 10, 4096) == tar[9 * unit - 10 :][:4096]
         assert preads == [(6 * unit, unit), (8 * unit, 2 * unit)]
-        # Reads that follow each other: the block the last one checked is not read again.
+        # Reads that follow each other: each reads again the block it begins in (one pread,
+        # served as a view of it, never joined to the last read's bytes); a read inside the
+        # block the last one checked reads nothing.
         preads.clear()
         for number in (10, 11, 12):
             at = number * unit + 100
-            assert reader.pread(at, unit) == tar[at : at + unit]
+            data = reader.pread(at, unit)
+            assert isinstance(data, memoryview) and data == tar[at : at + unit]
         assert reader.pread(13 * unit + 200, 99) == tar[13 * unit + 200 :][:99]  # kept
-        assert preads == [(10 * unit, 2 * unit), (12 * unit, unit), (13 * unit, unit)]
+        assert preads == [(10 * unit, 2 * unit), (11 * unit, 2 * unit), (12 * unit, 2 * unit)]
         with pytest.raises(DamagedLayer, match=f"stream offset {bad * unit}-{(bad + 1) * unit}"):
             reader.pread(bad * unit + 5, 10)
         with pytest.raises(DamagedLayer):
