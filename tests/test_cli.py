@@ -4,6 +4,7 @@ among them), and the daemon's log (where it is, what an EIO writes in it)."""
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import pty
 import random
@@ -22,7 +23,8 @@ from tarbuild import f, make_tar
 
 from ocifs import daemon
 from ocifs.cli import parse_size
-from ocifs.ocibuild import LayoutWriter, host_platform
+from ocifs.mediatypes import OCI_LAYER_GZIP
+from ocifs.ocibuild import LayoutWriter, host_platform, sha256_digest
 
 pytestmark = pytest.mark.fuse  # these tests mount: see conftest
 
@@ -202,11 +204,20 @@ def test_o_allow_other_lets_other_users_in(layout: Path, allow_other: bool) -> N
 
 @pytest.fixture(scope="module")
 def many_entries(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An image whose indexing takes a while: tens of thousands of small files."""
+    """An image whose indexing takes a while (seconds, even with ISA-L on an idle machine,
+    so that a SIGINT sent when the progress line appears lands while it runs): 12 layers of
+    the same 40,000 small files, each gzipped with another header mtime, so 12 blobs with
+    their own digests (each indexed) and one diff_id (built once)."""
     root = tmp_path_factory.mktemp("many") / "layout"
     writer = LayoutWriter(root)
     members = [f(f"d{i % 100}/file{i}", b"x" * (i % 700)) for i in range(40_000)]
-    writer.add_image([writer.add_layer(make_tar(members))], ref="many", platform=host_platform())
+    tar = make_tar(members)
+    diff_id = sha256_digest(tar)
+    layers = [
+        (writer.add_blob(gzip.compress(tar, compresslevel=1, mtime=n), OCI_LAYER_GZIP), diff_id)
+        for n in range(12)
+    ]
+    writer.add_image(layers, ref="many", platform=host_platform())
     writer.save()
     return root
 
