@@ -421,7 +421,7 @@ class GzipIndexer:
                 break
             rest += chunk
         if rest.startswith(GZIP_MAGIC):
-            inflater.check("inflateReset2", _zlib.inflateReset2(inflater.ptr, GZIP_WBITS))
+            self._restart(inflater, self.blob_offset - len(rest))
             self.member += 1
             self._add_point(self.produced, self.blob_offset - len(rest), 0, None)
             inflater.set_input(rest)
@@ -434,6 +434,11 @@ class GzipIndexer:
         self.ended = True
         self.close()
         return False
+
+    def _restart(self, inflater: Inflater, header: int) -> None:
+        """Make ``inflater`` ready for the next member, whose header is at blob offset
+        ``header`` (the one step in which the inflaters' member changes differ)."""
+        inflater.check("inflateReset2", _zlib.inflateReset2(inflater.ptr, GZIP_WBITS))
 
     def _add_block_point(self, inflater: Inflater) -> None:
         strm = inflater.strm

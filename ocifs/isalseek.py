@@ -268,32 +268,12 @@ class IsalGzipIndexer(GzipIndexer):
         self._add_point(produced, compressed, bits, future)
         return True
 
-    def _next_member(self, inflater: Any) -> bool:
-        """After a member's end (ISA-L checked its trailer): start the next member, or check
-        that only zero bytes follow the last one."""
-        rest = inflater.unconsumed()
-        while len(rest) < len(GZIP_MAGIC):
-            chunk = self._read_chunk()
-            if not chunk:
-                break
-            rest += chunk
-        if rest.startswith(GZIP_MAGIC):
-            isal.LIB.isal_inflate_reset(inflater.ptr)  # type: ignore[union-attr]
-            inflater.state.crc_flag = isal.ISAL_GZIP
-            self.member += 1
-            self.member_start = self.produced
-            self._add_point(self.produced, self.blob_offset - len(rest), 0, None)
-            self.input_start = self.blob_offset - len(rest)
-            inflater.set_input(rest)
-            return True
-        while rest:
-            if rest.count(0) != len(rest):
-                raise CompressionError("garbage after the end of the gzip stream")
-            rest = self._read_chunk()
-        inflater.set_input(b"")
-        self.ended = True
-        self.close()
-        return False
+    def _restart(self, inflater: Any, header: int) -> None:
+        """ISA-L's member change: reset, gzip checks on, and the member's offsets."""
+        isal.LIB.isal_inflate_reset(inflater.ptr)  # type: ignore[union-attr]
+        inflater.state.crc_flag = isal.ISAL_GZIP
+        self.member_start = self.produced
+        self.input_start = header
 
 
 class IsalGzipCursor(GzipCursor):
