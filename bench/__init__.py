@@ -1,7 +1,7 @@
 """The ocifs benchmark: ocifs against ratarmount, umoci unpack and gzip -dc, one run, one table.
 
     scripts/bench [--only IMAGE]... [--json FILE] [--workdir DIR] [--rebuild]
-                  [--skip-ratarmount] [--skip-umoci] [--ocifs CMD]
+                  [--skip-ratarmount] [--skip-umoci] [--keep-unpacked] [--ocifs CMD]
 
 (``scripts/bench`` runs ``python -m bench`` from the repository root.) It builds its images
 itself from what is on this machine, once, into WORKDIR/<image>/layout (WORKDIR defaults to
@@ -43,6 +43,11 @@ Then, for each image, the same steps for every tool (ocifs, ratarmount, umoci/un
   a cold sequential read (1 MiB reads) and a second one, in MB/s; on another fresh mount 300
   random 4 KiB preads at seeded 4 KiB-aligned offsets (the same for every tool, under
   POSIX_FADV_RANDOM), median and p99 in ms.
+
+--keep-unpacked keeps umoci's tree in WORKDIR/unpacked-<image> (with a record of the blobs it
+came from and its unpack time, CPU and disk) and, in a later run, measures that tree instead of
+unpacking again, showing the earlier run's unpack figures (a note in the table says so): the
+walks and reads on local disk are measured anew, the minutes of the unpack are not.
 
 Before every cold step the page cache of the files read is dropped (/proc/sys/vm/drop_caches
 when writable, else posix_fadvise DONTNEED on the blobs, indexes and unpacked files).

@@ -62,6 +62,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="do not unpack with umoci (no floor for find, stat and reads)",
     )
     parser.add_argument(
+        "--keep-unpacked",
+        action="store_true",
+        help="keep umoci's unpacked tree in WORKDIR for later runs, and measure on one kept "
+        "by an earlier run instead of unpacking again (its unpack time is the earlier run's)",
+    )
+    parser.add_argument(
         "--ocifs", metavar="CMD", help="ocifs command (default: the repository's .venv/bin/ocifs)"
     )
     return parser.parse_args(argv)
@@ -101,6 +107,7 @@ def main(argv: list[str]) -> int:
                 logger.info(f"{name}: {problems[name]}")
     names = [name for name in names if name not in problems]
     contenders = find_contenders(args.ocifs, workdir, args.skip_ratarmount, args.skip_umoci)
+    contenders.keep_unpacked = args.keep_unpacked
     versions_used = versions(contenders)
     machine_line = machine()
 

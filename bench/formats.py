@@ -20,8 +20,13 @@ from ocifs.mediatypes import OCI_LAYER_ZSTD
 Check = Callable[[float, float | None, float | None], bool | None]
 
 
-def below_floor_and_ratarmount(o: float, r: float | None, f: float | None) -> bool | None:
-    return None if f is None or r is None else o <= f and o < r
+# Issue 9's target for a gzip image's first mount: 0.4x of gzip -dc (inflate at ISA-L's speed
+# on the critical path, hashing and the tar scan beside it), and ahead of ratarmount.
+GZIP_FIRST_RATIO = 0.4
+
+
+def below_floor_share_and_ratarmount(o: float, r: float | None, f: float | None) -> bool | None:
+    return None if f is None or r is None else o <= GZIP_FIRST_RATIO * f and o < r
 
 
 def below_floor(o: float, r: float | None, f: float | None) -> bool | None:
@@ -78,7 +83,7 @@ class Format:
     floor_argv: tuple[str, ...]
     first_target: str  # the first mount's target, "" for none
     first_check: Check | None
-    random_judged: bool  # whether the random 4 KiB reads have the "< 2 ms" target
+    random_judged: bool  # whether the random 4 KiB reads have the "< 1 ms" target
     ratarmount: str  # why ratarmount is not compared on it; "" when it reads the blobs
     stored: str  # what its blob bytes are, for the headings: "compressed"
     skopeo: tuple[str, ...] | None  # ``skopeo copy`` options deriving it; None: built itself
@@ -105,8 +110,8 @@ FORMATS: dict[str, Format] = {
             archive=False,
             floor="gzip",
             floor_argv=("gzip", "-dc"),
-            first_target="<= 1.0x gzip -dc and < ratarmount",
-            first_check=below_floor_and_ratarmount,
+            first_target=f"<= {GZIP_FIRST_RATIO}x gzip -dc and < ratarmount",
+            first_check=below_floor_share_and_ratarmount,
             random_judged=True,
             ratarmount="",
             stored="compressed",

@@ -12,6 +12,7 @@ of the files it reads is dropped.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -274,7 +275,39 @@ def run_fuse_tool(tool: FuseTool, image: Image, mounter: Mounter) -> dict[str, C
     return out
 
 
-def run_unpacked(image: Image, workdir: Path) -> dict[str, Cell]:
+# Beside a tree kept by --keep-unpacked: which blobs it was unpacked from, and how long it took.
+KEPT_RECORD = "bench-unpacked.json"
+
+
+def kept_unpack(bundle: Path, image: Image) -> dict[str, Any] | None:
+    """The record of a tree an earlier run kept for the same blobs, or None."""
+    try:
+        record: dict[str, Any] = json.loads((bundle / KEPT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("blobs") != [blob.name for blob in image.blobs]:
+        return None
+    return record
+
+
+def unpack(image: Image, bundle: Path, out: dict[str, Cell], what: str) -> None:
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    DROPPER.drop(image.blobs)
+    argv = ["umoci", "unpack", "--image", image.arg, str(bundle)]
+    logger.info(f"  $ {shlex.join(argv)}")
+    cpu = children_cpu_seconds()
+    seconds, _ = checked(argv, "umoci unpack", timeout=MOUNT_TIMEOUT)
+    out["first_mount_cpu_s"] = children_cpu_seconds() - cpu
+    disk = du_bytes(bundle)
+    out.update(first_mount_s=seconds, disk_bytes=disk)
+    logger.info(f"  {what}: unpacked in {seconds:.1f} s, {disk / 1e6:.0f} MB")
+
+
+def run_unpacked(image: Image, workdir: Path, keep: bool = False) -> dict[str, Cell]:
+    """umoci unpack, then the walks and reads on the tree; ``keep``: a tree kept by an earlier
+    run for the same blobs is measured instead (with that run's unpack figures), and this
+    run's tree is kept."""
     out: dict[str, Cell] = {}
     what = f"{image.name}/umoci"
     bundle = workdir / f"unpacked-{image.name}"
@@ -289,21 +322,24 @@ def run_unpacked(image: Image, workdir: Path) -> dict[str, Cell]:
         "stat_entries",
         *file_keys(image.files, SEQ_KINDS + RANDOM_KINDS),
     ]
-    logger.info(f"{what}: umoci unpack")
+    kept = kept_unpack(bundle, image) if keep else None
     try:
         with step(out, keys, what):
-            if bundle.exists():
-                shutil.rmtree(bundle)
-            DROPPER.drop(image.blobs)
-            argv = ["umoci", "unpack", "--image", image.arg, str(bundle)]
-            logger.info(f"  $ {shlex.join(argv)}")
-            cpu = children_cpu_seconds()
-            seconds, _ = checked(argv, "umoci unpack", timeout=MOUNT_TIMEOUT)
-            out["first_mount_cpu_s"] = children_cpu_seconds() - cpu
-            disk = du_bytes(bundle)
-            out.update(first_mount_s=seconds, disk_bytes=disk)
-            logger.info(f"  {what}: unpacked in {seconds:.1f} s, {disk / 1e6:.0f} MB")
             rootfs = bundle / "rootfs"
+            if kept is None:
+                logger.info(f"{what}: umoci unpack")
+                unpack(image, bundle, out, what)
+                if keep:
+                    record: dict[str, Any] = {key: out[key] for key in keys[:3]}
+                    record.update(blobs=[blob.name for blob in image.blobs], when=time.ctime())
+                    (bundle / KEPT_RECORD).write_text(json.dumps(record))
+            else:
+                out.update({key: kept[key] for key in keys[:3]})
+                logger.info(
+                    f"{what}: the tree kept by the run of {kept['when']} (unpacked in "
+                    f"{kept['first_mount_s']:.1f} s then); a find first, as after an unpack"
+                )
+                time_find(rootfs)  # the dentry cache as umoci unpack leaves it: warm
             measure_walks(rootfs, out, what)
 
             def cold(path: Path) -> None:
@@ -312,7 +348,7 @@ def run_unpacked(image: Image, workdir: Path) -> dict[str, Cell]:
             measure_seq(rootfs, image.files, out, what, before=cold)
             measure_random(rootfs, image.files, out, what, before=cold)
     finally:
-        if bundle.exists():
+        if bundle.exists() and not keep:
             logger.info(f"{what}: removing {bundle}")
             shutil.rmtree(bundle, ignore_errors=True)
     return out
@@ -406,5 +442,7 @@ def measure_image(
         logger.info(f"{image.name}/umoci: the unpacked tree of {tree.name}, measured above")
         per_tool["unpacked"] = unpacked[tree.name]
     else:
-        per_tool["unpacked"] = unpacked[tree.name] = run_unpacked(tree, workdir)
+        per_tool["unpacked"] = unpacked[tree.name] = run_unpacked(
+            tree, workdir, contenders.keep_unpacked
+        )
     return per_tool

@@ -35,6 +35,7 @@ class Contenders:
     ratarmount: Path | None
     ratarmount_problem: str  # "skipped" or "failed: ..." when ratarmount is None
     skip_umoci: bool
+    keep_unpacked: bool = False  # keep umoci's tree for later runs, and take one kept before
 
 
 def ocifs_command(explicit: str | None) -> list[str]:
