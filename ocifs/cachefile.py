@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 logger = logging.getLogger(__name__)
 
 MAGIC = b"OCIFSIDX"
-FORMAT_VERSION = 4  # bump whenever the content or meaning of a cached file changes
+FORMAT_VERSION = 5  # bump whenever the content or meaning of a cached file changes
 PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header sha256
 
 

@@ -32,6 +32,14 @@ attribute) rather than serve what a read of the mount would then fail on.
   value on a directory's ``system.posix_acl_default`` removes the default ACL it had. Served
   as it is, such an attribute was listed by listxattr while getxattr gave ENODATA (the
   kernel's FUSE client parses an ACL it gets, and one with no entries is none).
+* An access ACL as the engines leave it: they set an entry's xattrs and then chmod it to the
+  tar's mode (moby's pkg/archive ``createTarFile``: Lchown, Lsetxattr of each, handleLChmod;
+  containerd's and containers/storage's copies keep that order). setxattr stores an ACL that
+  only says what mode bits say (user::, group::, other::, no mask) as those bits and no
+  attribute (posix_acl_equiv_mode), and chmod then sets the tar's mode; so the file has no ACL.
+  Any other ACL is stored, and chmod rewrites its user::, other:: and mask:: (group:: without
+  a mask) from the mode (posix_acl_chmod). ``access_acl_after_chmod`` is that result, with the
+  ids of the entries that name nobody as the kernel writes them back (ACL_UNDEFINED_ID).
   The limits are the VFS's: a filesystem may hold less (ext4 without ``ea_inode`` keeps all of
   an inode's xattrs in one block), and a security module may refuse ``security.*`` values.
 """
@@ -158,6 +166,28 @@ def acl_problem(value: bytes, file_type: int, default: bool) -> tuple[str, bool]
     if default and file_type not in (0, stat.S_IFDIR):
         return _refuse("a default ACL on what is not a directory (EACCES)")
     return None
+
+
+def access_acl_after_chmod(value: bytes, mode: int) -> bytes | None:
+    """The ``system.posix_acl_access`` a file has after an engine sets ``value`` (an ACL that
+    ``acl_problem`` lets through, with entries) and then chmods it to ``mode``; None when the
+    ACL said no more than mode bits do and so is not stored."""
+    entries = list(ACL_ENTRY.iter_unpack(value[ACL_HEADER.size :]))
+    if all(tag in (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER) for tag, _, _ in entries):
+        return None  # posix_acl_equiv_mode: folded into the mode, which chmod then sets
+    has_mask = any(tag == ACL_MASK for tag, _, _ in entries)
+    from_mode = {
+        ACL_USER_OBJ: (mode >> 6) & ACL_PERMS,
+        ACL_MASK: (mode >> 3) & ACL_PERMS,
+        ACL_OTHER: mode & ACL_PERMS,
+    }
+    if not has_mask:
+        from_mode[ACL_GROUP_OBJ] = (mode >> 3) & ACL_PERMS
+    out = [ACL_HEADER.pack(ACL_VERSION)]
+    for tag, perm, ident in entries:
+        named = tag in (ACL_USER, ACL_GROUP)
+        out.append(ACL_ENTRY.pack(tag, from_mode.get(tag, perm), ident if named else NO_ID))
+    return b"".join(out)
 
 
 def _acl_entry_problem(entries: list[tuple[int, int, int]]) -> str | None:

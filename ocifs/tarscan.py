@@ -559,7 +559,8 @@ class _Scanner:
 
     def linux_limits(self, entry: TarEntry) -> None:
         """Refuse what Linux cannot make of the entry, as the engines' system calls would
-        (T4-T6: ``linuxlimits``); leave out the xattrs they end up without, with a warning."""
+        (T4-T6: ``linuxlimits``); leave out the xattrs they end up without, with a warning;
+        the access ACL as their chmod to the entry's mode after setxattr leaves it."""
         offset, path = entry.header_offset, entry.path
         problem = linuxlimits.path_problem(path, "path")
         if problem is None and entry.kind == HARDLINK:
@@ -586,6 +587,13 @@ class _Scanner:
                 reason,
             )
             del entry.xattrs[name]
+        access = entry.xattrs.get(linuxlimits.ACL_ACCESS)
+        if access is not None and entry.kind != SYMLINK:
+            after = linuxlimits.access_acl_after_chmod(access, entry.mode)
+            if after is None:
+                del entry.xattrs[linuxlimits.ACL_ACCESS]
+            else:
+                entry.xattrs[linuxlimits.ACL_ACCESS] = after
         if not entry.xattrs:
             entry.xattrs = None
 

@@ -527,6 +527,8 @@ def test_t4_an_entry_100_000_directories_deep_fails_the_mount(tmp_path: Path) ->
 
 
 ACL_GOOD = struct.pack("<IHHIHHIHHI", 2, 1, 6, 0, 4, 4, 0, 0x20, 4, 0)
+# u::rwx u:7:rw- g::r-x m::rwx o::r-x: with mode 0750, chmod makes its mask r-x and other ---
+ACL_NAMED = struct.pack("<I" + "HHI" * 5, 2, 1, 7, 0, 2, 6, 7, 4, 5, 0, 0x10, 7, 0, 0x20, 5, 0)
 
 
 def xattr(name: str, value: bytes) -> dict[str, str]:
@@ -589,12 +591,14 @@ def test_t6_acls_with_no_entries_are_not_listed_and_every_listed_name_reads(
 ) -> None:
     """T6 A7: an ACL xattr with no entries (an empty value, a version header alone) is what
     setxattr takes as "remove the ACL", so an engine's file has none; it is left out with one
-    warning line each (the fuzzer found it listed while getxattr gave ENODATA). Read with
-    getfattr, and listxattr and getxattr agree on every name of the tree."""
+    warning line each (the fuzzer found it listed while getxattr gave ENODATA). Access ACLs
+    are as an engine's setxattr-then-chmod leaves them on a real file. Read with getfattr,
+    and listxattr and getxattr agree on every name of the tree."""
     members = [
         d("dir", pax={**xattr("system.posix_acl_default", b""), **xattr("user.d", b"1")}),
         f("dir/file", b"x", pax={**xattr("system.posix_acl_access", b"\x02\0\0\0")}),
-        f("good", b"y", pax={**xattr("system.posix_acl_access", ACL_GOOD)}),
+        f("good", b"y", mode=0o750, pax={**xattr("system.posix_acl_access", ACL_NAMED)}),
+        f("minimal", b"z", mode=0o640, pax={**xattr("system.posix_acl_access", ACL_GOOD)}),
     ]
     layout, _ = two_layers(tmp_path / "layout", make_tar(members, fmt=tarfile.PAX_FORMAT))
     mountpoint = tmp_path / "mnt"
@@ -616,10 +620,18 @@ def test_t6_acls_with_no_entries_are_not_listed_and_every_listed_name_reads(
         assert dumped.returncode == 0 and dumped.stderr == "", dumped.stderr
         names = [line.split("=")[0] for line in dumped.stdout.split("\n") if "=" in line]
         assert sorted(names) == ["system.posix_acl_access", "user.d"], dumped.stdout
-        served = os.getxattr(mountpoint / "good", "system.posix_acl_access")
-        # the kernel re-encodes the ACL it parsed, with id -1 where an entry names nobody
-        tags_perms = [(t, p) for t, p, _ in struct.iter_unpack("<HHI", served[4:])]
-        assert tags_perms == [(t, p) for t, p, _ in struct.iter_unpack("<HHI", ACL_GOOD[4:])]
+        # As an engine leaves them (setxattr, then chmod to the tar's mode), on local disk:
+        # the named ACL's mask:: and other:: from the mode, the minimal one folded away.
+        for name, acl, mode in (("good", ACL_NAMED, 0o750), ("minimal", ACL_GOOD, 0o640)):
+            engine = tmp_path / name
+            engine.write_bytes(b"")
+            os.setxattr(engine, "system.posix_acl_access", acl)
+            os.chmod(engine, mode)
+            assert os.listxattr(mountpoint / name) == os.listxattr(engine), name
+            assert os.stat(mountpoint / name).st_mode == os.stat(engine).st_mode, name
+        assert os.getxattr(mountpoint / "good", "system.posix_acl_access") == os.getxattr(
+            tmp_path / "good", "system.posix_acl_access"
+        )
         for path in [mountpoint, *mountpoint.rglob("*")]:
             for name in os.listxattr(path, follow_symlinks=False):
                 os.getxattr(path, name, follow_symlinks=False)  # raises if they disagree

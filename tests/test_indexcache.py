@@ -361,10 +361,12 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
 # and its digest changed without another bump. Version 4: the tree's layer column names the
 # layer of every inode (a directory's last attribute change, the layer that implied a parent,
 # a symlink's or a device's entry), not only of regular files (-1 before), for -o provenance;
-# the layer file changed only in its version field. If these change, so must FORMAT_VERSION,
+# the layer file changed only in its version field. Version 5: access ACLs are stored as the
+# engines' chmod leaves them (so old caches hold the tar's raw ACLs); only the version fields
+# changed. If these change, so must FORMAT_VERSION,
 # or old caches are misread.
-FIXED_LAYER_FILE_SHA256 = "71c92b921ad2e97952a4b31253904396f489915f4cd548428a46cda07483bdb8"
-FIXED_TREE_FILE_SHA256 = "d8dca7b97920a346e15b53dea3433c4170d0b692fa9098063e016c3d1833ca7a"
+FIXED_LAYER_FILE_SHA256 = "3929df8a2bf8192e84ec3dd7f01346e93a7dfb99043ad158d90b2b6d4f61373d"
+FIXED_TREE_FILE_SHA256 = "86f18d8e758a849c394439ad4ea5d2f911de9f5ae8f3b3130531be3553022797"
 FIXED_MTIME_NS = 1_700_000_000_123_456_789
 
 

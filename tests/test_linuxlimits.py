@@ -226,6 +226,40 @@ def test_t6_random_acls_and_capabilities_agree_with_the_kernel(tmp_path: Path) -
     assert min(verdicts.get(v, 0) for v in ("kept", "left out", "refused")) > 100, verdicts
 
 
+def test_t6_access_acls_after_chmod_are_the_kernels(tmp_path: Path) -> None:
+    """T6: the engines' order (lsetxattr, then chmod to the tar's mode) on real files and
+    directories, for 600 seeded valid access ACLs and modes: the ACL the kernel then has
+    (or has not) is ``access_acl_after_chmod``'s, byte for byte, and the mode is the tar's."""
+    rng = random.Random(5)
+    outcomes = {"gone": 0, "kept": 0}
+    for number in range(600):
+        kind = rng.choice(["file", "dir"])
+        entries = [(USER_OBJ, rng.randrange(8), rng.choice([0, 7]))]
+        entries += [(USER, rng.randrange(8), uid) for uid in sorted(rng.sample(range(9), 2))][
+            : rng.choice([0, 0, 1, 2])
+        ]
+        entries.append((GROUP_OBJ, rng.randrange(8), 0))
+        entries += [(GROUP, rng.randrange(8), gid) for gid in (3, 4)][: rng.choice([0, 0, 1, 2])]
+        if len(entries) > 2 or rng.random() < 0.3:
+            entries.append((MASK, rng.randrange(8), 0))
+        entries.append((OTHER, rng.randrange(8), 0))
+        value = acl(*entries)
+        assert ocifs_verdict(ACL_ACCESS, value, kind) == "kept", entries
+        mode = rng.choice([0o000, 0o644, 0o755, 0o750, 0o4711, 0o1777]) ^ rng.randrange(0o1000)
+        path = make(tmp_path, kind)
+        os.setxattr(path, ACL_ACCESS, value)
+        os.chmod(path, mode)
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+        try:
+            on_disk: bytes | None = os.getxattr(path, ACL_ACCESS)
+        except OSError as error:
+            assert error.errno == errno.ENODATA
+            on_disk = None
+        assert linuxlimits.access_acl_after_chmod(value, mode) == on_disk, (number, entries)
+        outcomes["gone" if on_disk is None else "kept"] += 1
+    assert min(outcomes.values()) > 50, outcomes
+
+
 @pytest.mark.parametrize(
     "major,minor",
     [(0, 0), (4095, (1 << 20) - 1), (4096, 0), (0, 1 << 20), (4097, 5), ((1 << 31) - 1, 0)],

@@ -1705,6 +1705,26 @@ def xattr_archive(
 
 
 ACL_GOOD = struct.pack("<IHHIHHIHHI", 2, 1, 6, 0, 4, 4, 0, 0x20, 4, 0)  # u::rw- g::r-- o::r--
+# u::rw- u:5:rw- g::r-- m::r-- o::r--, ids as the kernel writes them back: mode 0644's ACL
+ACL_NAMED = struct.pack(
+    "<I" + "HHI" * 5,
+    2,
+    1,
+    6,
+    2**32 - 1,
+    2,
+    6,
+    5,
+    4,
+    4,
+    2**32 - 1,
+    0x10,
+    4,
+    2**32 - 1,
+    0x20,
+    4,
+    2**32 - 1,
+)
 
 
 @pytest.mark.parametrize(
@@ -1778,16 +1798,49 @@ def test_t6_xattrs_the_engines_leave_out_are_left_out(caplog: pytest.LogCaptureF
     assert "entry 'l'" in left_out[3] and "an ACL on a symlink" in left_out[3]
 
 
+def test_t6_access_acls_are_as_the_engines_chmod_leaves_them() -> None:
+    """T6: an engine sets the xattrs, then chmods to the tar's mode. An ACL of user::,
+    group::, other:: only is folded into the mode and chmod then sets the tar's: no ACL is
+    left. Any other ACL stays, with user::, mask:: and other:: from the mode; a default ACL
+    is not touched by chmod."""
+    named = struct.pack(  # u::rwx u:5:rw- g::r-- m::rwx o::rwx, ids of the objects 0
+        "<I" + "HHI" * 5, 2, 1, 7, 0, 2, 6, 5, 4, 4, 0, 0x10, 7, 0, 0x20, 7, 0
+    )
+    archive = (
+        pax([(b"SCHILY.xattr.system.posix_acl_access", ACL_GOOD), (b"SCHILY.xattr.user.a", b"1")])
+        + member(b"minimal", mode=0o600)
+        + pax([(b"SCHILY.xattr.system.posix_acl_access", ACL_GOOD)])
+        + member(b"alone", mode=0o600)
+        + pax([(b"SCHILY.xattr.system.posix_acl_access", named)])
+        + member(b"named", mode=0o4640)
+        + pax([(b"SCHILY.xattr.system.posix_acl_default", named)])
+        + header(b"d/", typeflag=b"5", mode=0o700)
+        + END
+    )
+    minimal, alone, named_entry, d = scan(archive)
+    assert minimal.xattrs == {b"user.a": b"1"} and minimal.mode == 0o600
+    assert alone.xattrs is None
+    none = 2**32 - 1
+    assert named_entry.mode == 0o4640
+    assert named_entry.xattrs == {  # u::rw- u:5:rw- g::r-- m::r-- o::---
+        b"system.posix_acl_access": struct.pack(
+            "<I" + "HHI" * 5, 2, 1, 6, none, 2, 6, 5, 4, 4, none, 0x10, 4, none, 0x20, 0, none
+        )
+    }
+    assert d.xattrs == {b"system.posix_acl_default": named}
+
+
 def test_t6_xattrs_the_kernel_takes_are_kept() -> None:
     """T6 A7: what setxattr takes stays byte for byte: a 255-byte name, a 65536-byte value,
-    empty values, a valid ACL (on a file, a default one on a directory), v2 and v3 file
+    empty values, a valid ACL (on a file, as chmod to its mode leaves it; a default one on a
+    directory), v2 and v3 file
     capabilities, trusted.* and security.* names, user.* on a hardlink (its target decides)."""
     cap_v3 = struct.pack("<IIIIII", 0x03000000, 1 << 13, 0, 0, 0, 1000)
     records = [
         (b"user." + b"n" * 250, b"v"),
         (b"user.big", b"v" * 65536),
         (b"user.empty", b""),
-        (b"system.posix_acl_access", ACL_GOOD),
+        (b"system.posix_acl_access", ACL_NAMED),
         (b"security.capability", cap_v3),
         (b"trusted.overlay.x", b"y"),
         (b"security.selinux", b"system_u:object_r:bin_t:s0"),
