@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, daemon, inspectview
+from . import __version__, daemonlog, inspectview
 from .blockcache import BLOCK_CACHE_BYTES
 from .diffreport import json_text, text_lines
 from .errors import OcifsError, show
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="where the daemon logs (default: a file named after the mount point in"
-        f" {display_home(daemon.default_state_dir())}; with -f, stderr)",
+        f" {display_home(daemonlog.default_state_dir())}; with -f, stderr)",
     )
     mount.add_argument(
         "--debug", action="store_true", help="log every request, and say where the log is"
@@ -198,7 +198,7 @@ def parse_size(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    daemon.log_to_terminal(debug)
+    daemonlog.log_to_terminal(debug)
     failure = 2 if args.command == "diff" else 1  # diff(1)'s: 1 says "they differ"
     try:
         if args.command == "mount":
@@ -310,12 +310,14 @@ def compare(args: argparse.Namespace) -> int:
 
 def mount(args: argparse.Namespace) -> int:
     """Check what can be checked, load the image, mount it and serve it (see daemon)."""
+    from . import daemon  # pyfuse3 and trio: only a mount needs them (150 ms to import)
+
     mountpoint: Path = args.mountpoint
     if not mountpoint.is_dir():
         raise OcifsError(f"mountpoint {mountpoint} is not a directory")
     fuse_options, own = ocifs_options(args.options)
     options = daemon.mount_options(args.image, fuse_options)  # a bad one fails before indexing
-    log = daemon.open_log(args.log_file, os.path.realpath(mountpoint), args.foreground)
+    log = daemonlog.open_log(args.log_file, os.path.realpath(mountpoint), args.foreground)
     if log is not None:
         logger.info("the daemon logs to %s", log.path)
     image = open_image(args, LoadReport())
@@ -323,7 +325,7 @@ def mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         daemon.daemonize(None if log is None else log.fd, args.debug)
     elif log is not None:
-        daemon.log_to_file(log.fd, args.debug)
+        daemonlog.log_to_file(log.fd, args.debug)
     return daemon.serve(image, mountpoint)
 
 

@@ -21,7 +21,7 @@ from archives import tar_tree
 from mounting import OCIFS, is_mounted, mounted, run_ocifs, unmount
 from tarbuild import f, make_tar
 
-from ocifs import daemon
+from ocifs import daemonlog
 from ocifs.cli import parse_size
 from ocifs.mediatypes import OCI_LAYER_GZIP
 from ocifs.ocibuild import LayoutWriter, host_platform, sha256_digest
@@ -339,7 +339,7 @@ def test_eio_of_a_background_mount_is_in_the_default_log(
     with mounted(image, tmp_path / "mnt", "--cache-dir", str(cache)) as mnt:
         assert (mnt / "ok.txt").read_bytes() == b"fine\n"
         read_fails_with_eio(mnt / DAMAGED_PATH)
-        log = private_log_dir / daemon.log_file_name(str(mnt))
+        log = private_log_dir / daemonlog.log_file_name(str(mnt))
         assert [log] == list(private_log_dir.iterdir())
         lines = eio_lines(log)
         assert lines, log.read_text()
@@ -363,7 +363,7 @@ def test_debug_says_where_the_log_is(layout: Path, tmp_path: Path, private_log_d
     mnt.mkdir()
     chosen = tmp_path / "chosen.log"
     for options, log in (
-        ([], private_log_dir / daemon.log_file_name(str(mnt))),
+        ([], private_log_dir / daemonlog.log_file_name(str(mnt))),
         (["--log-file", str(chosen)], chosen),
     ):
         try:

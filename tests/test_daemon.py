@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from impostors import KINDS, no_hang, put_in_place
 
-from ocifs import daemon
+from ocifs import daemon, daemonlog
 from ocifs.errors import OcifsError
 from ocifs.layout import ResolvedImage
 
@@ -31,7 +31,7 @@ HASHED = re.compile(r"(.*)-[0-9a-f]{12}\.log")
     ],
 )
 def test_a_plain_mount_point_names_its_log_as_it_is(target: str, name: str) -> None:
-    assert daemon.log_file_name(target) == name
+    assert daemonlog.log_file_name(target) == name
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_a_plain_mount_point_names_its_log_as_it_is(target: str, name: str) -> N
     ],
 )
 def test_other_mount_points_get_a_safe_name_and_a_hash(target: str, readable: str) -> None:
-    name = daemon.log_file_name(target)
+    name = daemonlog.log_file_name(target)
     match = HASHED.fullmatch(name)
     assert match is not None, name
     assert match.group(1) == readable
@@ -57,31 +57,31 @@ def test_other_mount_points_get_a_safe_name_and_a_hash(target: str, readable: st
 
 def test_names_of_different_mount_points_differ() -> None:
     targets = ["/mnt/a-b", "/mnt/a/b", "/mnt/a_b", "/mnt/a b", "/mnt/a?b", "/", "/root"]
-    names = {daemon.log_file_name(target) for target in targets}
+    names = {daemonlog.log_file_name(target) for target in targets}
     assert len(names) == len(targets)
 
 
 def test_a_long_mount_point_keeps_its_end_and_fits() -> None:
     deep = "/" + "/".join(f"level{i}" for i in range(60)) + "/mnt"
-    name = daemon.log_file_name(deep)
+    name = daemonlog.log_file_name(deep)
     match = HASHED.fullmatch(name)
     assert match is not None, name
-    assert len(match.group(1)) <= daemon.LOG_NAME_MAX
+    assert len(match.group(1)) <= daemonlog.LOG_NAME_MAX
     assert match.group(1).endswith("level58-level59-mnt")
-    assert daemon.log_file_name("/x" + deep) != name  # differs only where the name was cut
+    assert daemonlog.log_file_name("/x" + deep) != name  # differs only where the name was cut
 
 
 def test_state_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert daemon.default_state_dir() == tmp_path / "ocifs"
+    assert daemonlog.default_state_dir() == tmp_path / "ocifs"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for ignored in ("", "relative/dir"):
         monkeypatch.setenv("XDG_STATE_HOME", ignored)
-        assert daemon.default_state_dir() == tmp_path / "home/.local/state/ocifs"
+        assert daemonlog.default_state_dir() == tmp_path / "home/.local/state/ocifs"
 
 
 def test_default_log_is_in_the_state_dir(private_log_dir: Path) -> None:
-    opened = daemon.open_log(None, "/mnt/img", foreground=False)
+    opened = daemonlog.open_log(None, "/mnt/img", foreground=False)
     assert opened is not None
     path, fd = opened
     os.close(fd)
@@ -95,7 +95,7 @@ def test_default_log_falls_back_to_the_cache_dir(
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_STATE_HOME", str(blocker / "state"))  # cannot be created
-    opened = daemon.open_log(None, "/mnt/img", foreground=False)
+    opened = daemonlog.open_log(None, "/mnt/img", foreground=False)
     assert opened is not None
     os.close(opened.fd)
     assert opened.path == private_index_cache / "mnt-img.log"
@@ -109,19 +109,19 @@ def test_no_writable_log_dir_is_a_warning(
     monkeypatch.setenv("XDG_STATE_HOME", str(blocker / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
     with caplog.at_level(logging.WARNING, logger="ocifs"):
-        assert daemon.open_log(None, "/mnt/img", foreground=False) is None
+        assert daemonlog.open_log(None, "/mnt/img", foreground=False) is None
     assert "the daemon will log nowhere" in caplog.text
     assert str(blocker / "state/ocifs/mnt-img.log") in caplog.text
 
 
 def test_log_file_option_and_foreground(tmp_path: Path, private_log_dir: Path) -> None:
     chosen = tmp_path / "chosen.log"
-    opened = daemon.open_log(chosen, "/mnt/img", foreground=True)  # -f --log-file: the file
+    opened = daemonlog.open_log(chosen, "/mnt/img", foreground=True)  # -f --log-file: the file
     assert opened is not None and opened.path == chosen
     os.close(opened.fd)
-    assert daemon.open_log(None, "/mnt/img", foreground=True) is None  # -f: the terminal
+    assert daemonlog.open_log(None, "/mnt/img", foreground=True) is None  # -f: the terminal
     with pytest.raises(OcifsError, match=r"cannot open log file .*: No such file or directory"):
-        daemon.open_log(tmp_path / "missing/dir/x.log", "/mnt/img", foreground=False)
+        daemonlog.open_log(tmp_path / "missing/dir/x.log", "/mnt/img", foreground=False)
     assert not private_log_dir.exists()
 
 
@@ -136,7 +136,7 @@ def test_an_impostor_in_the_default_logs_place_is_passed_over(
     private_log_dir.mkdir(parents=True)
     put_in_place(private_log_dir / "mnt-img.log", kind)
     with no_hang("open_log"):
-        opened = daemon.open_log(None, "/mnt/img", foreground=False)
+        opened = daemonlog.open_log(None, "/mnt/img", foreground=False)
     assert opened is not None
     os.close(opened.fd)
     assert opened.path == private_index_cache / "mnt-img.log"
@@ -149,18 +149,18 @@ def test_a_log_file_option_naming_a_fifo_or_a_device(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with no_hang("open_log"), pytest.raises(OcifsError) as info:
-        daemon.open_log(fifo, "/mnt/img", foreground=False)
+        daemonlog.open_log(fifo, "/mnt/img", foreground=False)
     assert str(info.value) == f"cannot open log file {fifo}: a FIFO that no one reads"
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        opened = daemon.open_log(fifo, "/mnt/img", foreground=False)
+        opened = daemonlog.open_log(fifo, "/mnt/img", foreground=False)
         assert opened is not None and os.get_blocking(opened.fd)
         os.write(opened.fd, b"line\n")
         os.close(opened.fd)
         assert os.read(reader, 100) == b"line\n"
     finally:
         os.close(reader)
-    opened = daemon.open_log(Path("/dev/null"), "/mnt/img", foreground=False)
+    opened = daemonlog.open_log(Path("/dev/null"), "/mnt/img", foreground=False)
     assert opened is not None
     os.close(opened.fd)
 
@@ -176,9 +176,9 @@ def test_once_logging_to_the_file_fds_1_and_2_go_there_too(tmp_path: Path, debug
     script = f"""
         import logging, os
         from pathlib import Path
-        from ocifs import daemon
-        daemon.log_to_terminal({debug})
-        daemon.log_to_file(daemon.open_log_file(Path({str(log)!r})), {debug})
+        from ocifs import daemonlog
+        daemonlog.log_to_terminal({debug})
+        daemonlog.log_to_file(daemonlog.open_log_file(Path({str(log)!r})), {debug})
         logger = logging.getLogger("ocifs.test")
         logger.warning("a warning")
         logger.info("some news")
@@ -204,8 +204,8 @@ def test_a_crash_in_c_code_leaves_its_traceback_in_the_log(tmp_path: Path) -> No
     script = f"""
         import ctypes
         from pathlib import Path
-        from ocifs import daemon
-        daemon.log_to_file(daemon.open_log_file(Path({str(log)!r})), False)
+        from ocifs import daemonlog
+        daemonlog.log_to_file(daemonlog.open_log_file(Path({str(log)!r})), False)
         ctypes.string_at(0)  # a segfault
     """
     result = subprocess.run(
