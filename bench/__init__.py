@@ -31,11 +31,12 @@ Then, for each image, the same steps for every tool (ocifs, ratarmount, umoci/un
 * first mount: ``ocifs mount -f --cache-dir FRESH LAYOUT:REF MNT`` (digests verified, the
   default) and ``ratarmount -f --index-folders EMPTY BLOB... MNT`` as foreground children, timed
   until MNT shows up in /proc/self/mounts (polled every 10 ms); peak RSS while indexing is the
-  child's VmHWM just then, the daemon's RSS its VmRSS. Against ``umoci unpack`` (time and
-  ``du -sb`` of the bundle; a derived image shares its gzip image's) and the floor:
-  ``gzip -dc BLOB >/dev/null`` of each layer, summed (``zstd -dc`` for zstd and zstd:chunked,
-  SHA-256 by hashlib of a docker-archive tarball); ratarmount takes the zstd blobs too,
-  but not the tarball (its cells say why);
+  child's VmHWM just then, or the largest VmHWM its own children showed while polled (ocifs
+  indexes a first mount in a child process), the daemon's RSS its VmRSS. Against ``umoci
+  unpack`` (time and ``du -sb`` of the bundle; a derived image shares its gzip image's) and
+  the floor: ``gzip -dc BLOB >/dev/null`` of each layer, summed (``zstd -dc`` for zstd and
+  zstd:chunked, SHA-256 by hashlib of a docker-archive tarball); ratarmount takes the zstd
+  blobs too, but not the tarball (its cells say why);
 * later mount: unmount, mount again with the same cache dir / index folder;
 * ``find MNT | wc -l`` on the fresh first mount, then ``lstat`` of every entry (os.scandir
   walk), against the same on the unpacked tree on local disk (the floor);

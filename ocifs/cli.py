@@ -18,14 +18,15 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__, daemonlog, inspectview
+from .apart import ChildFailed, run_apart
 from .blockcache import BLOCK_CACHE_BYTES
 from .diffreport import json_text, text_lines
 from .errors import OcifsError, show
-from .image import Image, LoadReport, load_image
+from .image import Image, LoadReport, load_image, tree_is_cached
 from .imagearg import resolve_arg
 from .imagediff import diff_images
 from .indexcache import IndexCache, default_cache_dir
@@ -197,19 +198,31 @@ def parse_size(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    daemonlog.log_to_terminal(bool(getattr(args, "debug", False)))
+    return reporting(args, lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "mount":
+        return mount(args)
+    if args.command == "index":
+        return index(args)
+    if args.command == "inspect":
+        return inspectview.run(args)
+    if args.command == "diff":
+        return compare(args)
+    return umount(args.mountpoint)
+
+
+def reporting(args: argparse.Namespace, work: Callable[[], int]) -> int:
+    """The exit status of ``work``, each failure said in one line (a traceback only for a
+    bug, and only with --debug)."""
     debug = bool(getattr(args, "debug", False))
-    daemonlog.log_to_terminal(debug)
     failure = 2 if args.command == "diff" else 1  # diff(1)'s: 1 says "they differ"
     try:
-        if args.command == "mount":
-            return mount(args)
-        if args.command == "index":
-            return index(args)
-        if args.command == "inspect":
-            return inspectview.run(args)
-        if args.command == "diff":
-            return compare(args)
-        return umount(args.mountpoint)
+        return work()
+    except ChildFailed as failed:  # the indexing process has said why
+        return failed.status
     except OcifsError as error:
         print(f"ocifs: error: {error}", file=sys.stderr)
         return failure
@@ -223,9 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return failure
 
 
-def open_image(args: argparse.Namespace, report: LoadReport) -> Image:
+def open_image(args: argparse.Namespace, report: LoadReport, apart: bool = False) -> Image:
     """Resolve the image argument and load the image, through the cache unless told not to
-    (an archive's member table, the layers' indexes, the merged tree)."""
+    (an archive's member table, the layers' indexes, the merged tree). ``apart``: what the
+    cache lacks is indexed in a child process, and the image loaded from the cache (see
+    ``apart``), so that this process never holds the indexing pass's memory."""
     platform = Platform.parse(args.platform) if args.platform else None
     cache = None if args.no_cache else IndexCache(args.cache_dir or default_cache_dir())
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
@@ -235,15 +250,22 @@ def open_image(args: argparse.Namespace, report: LoadReport) -> Image:
         logger.info("resolved %s to %s", args.image, resolved.describe())
         if progress is not None:
             progress.finish()
-        return load_image(
-            resolved,
-            verify=not args.no_verify,
-            progress=progress,
-            cache=cache,
-            block_cache_bytes=getattr(args, "read_cache", BLOCK_CACHE_BYTES),
-            report=report,
-            view=chosen_view(args, resolved),
-        )
+        view = chosen_view(args, resolved)
+
+        def load() -> Image:
+            return load_image(
+                resolved,
+                verify=not args.no_verify,
+                progress=progress,
+                cache=cache,
+                block_cache_bytes=getattr(args, "read_cache", BLOCK_CACHE_BYTES),
+                report=report,
+                view=view,
+            )
+
+        if apart and cache is not None and not tree_is_cached(resolved, view, cache):
+            run_apart(lambda: reporting(args, lambda: index_only(load, progress)))
+        return load()
     finally:
         if progress is not None:
             progress.finish()
@@ -268,6 +290,16 @@ def ocifs_options(groups: list[str]) -> tuple[list[str], set[str]]:
         own.update(option for option in options if option in OCIFS_OPTIONS)
         fuse.append(",".join(option for option in options if option not in OCIFS_OPTIONS))
     return fuse, own
+
+
+def index_only(load: Callable[[], Image], progress: TerminalProgress | None) -> int:
+    """The indexing child's work (``open_image``): load, which fills the cache, and close."""
+    try:
+        load().close()
+    finally:
+        if progress is not None:
+            progress.finish()
+    return 0
 
 
 def index(args: argparse.Namespace) -> int:
@@ -320,7 +352,7 @@ def mount(args: argparse.Namespace) -> int:
     log = daemonlog.open_log(args.log_file, os.path.realpath(mountpoint), args.foreground)
     if log is not None:
         logger.info("the daemon logs to %s", log.path)
-    image = open_image(args, LoadReport())
+    image = open_image(args, LoadReport(), apart=True)
     daemon.attach(image, mountpoint, options, provenance="provenance" in own)
     if not args.foreground:
         daemon.daemonize(None if log is None else log.fd, args.debug)

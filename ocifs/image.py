@@ -131,7 +131,7 @@ def load_image(
         index = index_layers([layer], verify, progress, jobs, cache, spacing, report, cancel)[0]
         layers, tree, indexes = single_layer(resolved.layers, view.position, index, merged)
     else:
-        layers = resolved.layers if view.kind == "image" else resolved.layers[: view.position + 1]
+        layers = merged_layers(resolved, view)
         tree, indexes = merged(layers)
     logger.info("%d layers (%s), %d inodes", len(layers), view.describe(), len(tree))
     blocks = BlockCache(block_cache_bytes)  # one bound on decompressed data, for all layers
@@ -147,6 +147,19 @@ def load_image(
         pool.close()
         raise
     return Image(resolved, tree, readers, pool, layers, view)
+
+
+def merged_layers(resolved: ResolvedImage, view: View) -> Sequence[LayerRef]:
+    """The layers merged for ``view`` (not a single layer's): all, or 0..N for ``--upto N``."""
+    return resolved.layers if view.kind == "image" else resolved.layers[: view.position + 1]
+
+
+def tree_is_cached(resolved: ResolvedImage, view: View, cache: IndexCache) -> bool:
+    """Whether loading ``view`` can take its merged tree from ``cache`` (a quick look: the
+    file is there). A single layer's tree is never cached: True, as there is none to make."""
+    if view.kind == "layer":
+        return True
+    return cache.tree_path(merged_layers(resolved, view)).is_file()
 
 
 def single_layer(
