@@ -65,7 +65,8 @@ def run_apart(work: Callable[[], int]) -> None:
 def child(work: Callable[[], int]) -> int:
     """The child's side: the exit status of ``work``, which never returns to the caller's
     code (the parent's stack is the child's too)."""
-    signal.signal(signal.SIGINT, interrupt_once)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # kept ignored, as Python does
+        signal.signal(signal.SIGINT, interrupt_once)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     try:
