@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import rawbytes
 from .blobs import BlobHandle, Readable
 from .errors import CompressionError
 
@@ -551,9 +552,13 @@ class GzipCursor:
         size = min(size, self.points.size - self.position)
         if size <= 0:
             return b""
-        out = ctypes.create_string_buffer(size)
-        self._inflate_into(ctypes.addressof(out), size)
-        return out.raw
+        if not rawbytes.LAYOUT_HOLDS:
+            buffer = ctypes.create_string_buffer(size)
+            self._inflate_into(ctypes.addressof(buffer), size)
+            return buffer.raw
+        out, address = rawbytes.new_bytes(size)
+        self._inflate_into(address, size)
+        return out
 
     def skip(self, count: int) -> None:
         """Advance by ``count`` bytes (at most to the end) without keeping them."""

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
-from . import gzseek, zstdseek
+from . import gzseek, rawbytes, zstdseek
 from .blobs import BlobHandle
 from .blockcache import CACHE_BLOCK, BlockCache
 from .blockcheck import BlockMismatch, BlockSums
@@ -253,14 +253,15 @@ class SeekableLayerReader:
                 prefetcher.schedule(stream, first * CACHE_BLOCK)
             start = first * CACHE_BLOCK
             return self.block(first)[offset - start : end - start]
-        # Views, not slices: the join is the only copy.
+        # Pieces of the blocks, not slices: the join is the only copy.
         pieces = []
         for number in range(first, last + 1):
             start = number * CACHE_BLOCK
             if stream is not None:
                 prefetcher.schedule(stream, start)
-            pieces.append(memoryview(self.block(number))[max(offset, start) - start : end - start])
-        return b"".join(pieces)
+            block = self.block(number)
+            pieces.append((block, max(offset, start) - start, min(end - start, len(block))))
+        return rawbytes.join(pieces)
 
     def block(self, number: int) -> bytes:
         data = self.cache.get((self.layer.position, number))
