@@ -31,6 +31,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import rawbytes
 from .blobs import BlobHandle, Readable
 from .errors import CompressionError
 from .gzseek import SeekPoints
@@ -665,9 +666,13 @@ class ZstdCursor:
         size = min(size, self.points.size - self.position)
         if size <= 0:
             return b""
-        address = self._buffer(size)
+        if not rawbytes.LAYOUT_HOLDS:
+            address = self._buffer(size)
+            self._decode_into(address, size)
+            return ctypes.string_at(address, size)
+        out, address = rawbytes.new_bytes(size)  # decoded in place: no copy under the GIL
         self._decode_into(address, size)
-        return ctypes.string_at(address, size)
+        return out
 
     def skip(self, count: int) -> None:
         """Advance by ``count`` bytes (at most to the end) without keeping them."""
