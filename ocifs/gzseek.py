@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import mmap
 import zlib
@@ -492,16 +493,23 @@ def new_indexer(
     return GzipIndexer(blob, spacing, on_input)
 
 
-def new_cursor(blob: BlobHandle, points: SeekPoints, index: int) -> GzipCursor:
-    """A cursor at seek point ``index``: ISA-L's (isalseek) where libisal is installed, else
-    zlib's; both read the same bytes from the same points."""
+@functools.cache
+def cursor_class() -> type[GzipCursor]:
+    """ISA-L's cursor (isalseek) where libisal is installed, else zlib's; both read the same
+    bytes from the same points. Loading the library takes a ``find_library`` (a subprocess):
+    a reader asks at mount time, so that no read waits for it."""
     from . import isal
 
     if isal.available():
         from .isalseek import IsalGzipCursor
 
-        return IsalGzipCursor(blob, points, index)
-    return GzipCursor(blob, points, index)
+        return IsalGzipCursor
+    return GzipCursor
+
+
+def new_cursor(blob: BlobHandle, points: SeekPoints, index: int) -> GzipCursor:
+    """A cursor at seek point ``index``, of ``cursor_class()``."""
+    return cursor_class()(blob, points, index)
 
 
 class GzipCursor:

@@ -420,6 +420,18 @@ class SeekableLayerReader:
 class GzipLayerReader(SeekableLayerReader):
     """A gzip layer: cursors inflate from deflate block boundaries, with their windows."""
 
+    def __init__(
+        self,
+        layer: LayerRef,
+        points: SeekPoints,
+        cache: BlockCache,
+        pool: InflatePool | None = None,
+        blocks: BlockSums | None = None,
+        budget: CursorBudget | None = None,
+    ) -> None:
+        super().__init__(layer, points, cache, pool, blocks, budget)
+        gzseek.cursor_class()  # the inflate library is loaded now, not by the first read
+
     def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
         return new_cursor(blob, points, index)
 
