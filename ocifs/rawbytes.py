@@ -8,14 +8,23 @@ caller fills all of it before anyone else sees the object, so it is as immutable
 ``join`` copies pieces of blocks into one reply with ``ctypes.memmove``, which runs without
 the GIL, as do the page faults of the new buffer.
 
-Both rely on CPython's layout of ``bytes`` (the data right after a fixed header, at
-``id(obj) + DATA_OFFSET``); it is checked once at import, and without it (another Python)
-both fall back to plain copies.
+A fresh buffer of 128 KiB or more is a mapping of its own (the daemon fixes glibc's mmap
+threshold, so that evicted blocks go back to the system): each 1 MiB reply cost an mmap, 256
+page faults and a munmap, the two system calls holding the GIL. So ``join`` reuses its
+replies (``ReplyBuffers``): a reply nothing refers to any more (pyfuse3 has sent it) is
+written again for the next read of that size. Only an object no one else holds is reused,
+which CPython's reference count tells exactly, so no reader ever sees its bytes change.
+
+All of this relies on CPython's layout of ``bytes`` (the data right after a fixed header, at
+``id(obj) + DATA_OFFSET``, its cached hash just before); it is checked once at import, and
+without it (another Python) everything falls back to plain copies.
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
+import threading
 from collections.abc import Sequence
 
 _from_size = ctypes.pythonapi.PyBytes_FromStringAndSize
@@ -23,11 +32,17 @@ _from_size.restype = ctypes.py_object
 _from_size.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 
 DATA_OFFSET = bytes.__basicsize__ - 1  # ob_sval: the header, then the data and its NUL
+HASH_OFFSET = DATA_OFFSET - ctypes.sizeof(ctypes.c_ssize_t)  # ob_shash, -1 until hashed
 
 
 def _layout_holds() -> bool:
     probe = bytes(range(1, 17))
-    return ctypes.string_at(id(probe) + DATA_OFFSET, len(probe)) == probe
+    if ctypes.string_at(id(probe) + DATA_OFFSET, len(probe)) != probe:
+        return False
+    unhashed = ctypes.c_ssize_t.from_address(id(probe) + HASH_OFFSET).value
+    hash(probe)
+    hashed = ctypes.c_ssize_t.from_address(id(probe) + HASH_OFFSET).value
+    return unhashed == -1 and hashed == hash(probe)
 
 
 LAYOUT_HOLDS = _layout_holds()
@@ -56,7 +71,7 @@ def join(pieces: Sequence[Piece]) -> bytes:
     total = sum(end - start for _, start, end in pieces)
     if not LAYOUT_HOLDS or total < JOIN_MIN or any(type(b) is not bytes for b, _, _ in pieces):
         return b"".join(memoryview(block)[start:end] for block, start, end in pieces)
-    out, target = new_bytes(total)
+    out, target = REPLIES.take(total)
     for block, start, end in pieces:
         ctypes.memmove(target, id(block) + DATA_OFFSET + start, end - start)
         target += end - start
@@ -64,3 +79,42 @@ def join(pieces: Sequence[Piece]) -> bytes:
 
 
 JOIN_MIN = 64 << 10  # below this a copy under the GIL is quicker than the ctypes calls
+
+
+class ReplyBuffers:
+    """A few reply buffers, each reused for a reply of its size once nothing else refers
+    to it; ``keep`` bounds what they hold (sequential reads come in 1 MiB requests, two or
+    three in flight)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.lock = threading.Lock()
+        self.buffers: list[bytes] = []
+        self.reused = 0
+
+    def take(self, size: int) -> tuple[bytes, int]:
+        """A ``bytes`` of ``size`` for the caller to fill, and the address of its data: a
+        kept one that is free, else a new one (kept, if there is room or a free one of
+        another size to give up)."""
+        with self.lock:
+            free_elsewhere = None
+            for index in range(len(self.buffers)):
+                # References: the list and getrefcount's argument. No more means no
+                # reader, no view and no reply in flight holds it.
+                if sys.getrefcount(self.buffers[index]) > 2:
+                    continue
+                if len(self.buffers[index]) == size:
+                    buffer = self.buffers[index]
+                    ctypes.c_ssize_t.from_address(id(buffer) + HASH_OFFSET).value = -1
+                    self.reused += 1
+                    return buffer, id(buffer) + DATA_OFFSET
+                free_elsewhere = index
+            data, address = new_bytes(size)
+            if len(self.buffers) < self.keep:
+                self.buffers.append(data)
+            elif free_elsewhere is not None:
+                self.buffers[free_elsewhere] = data
+            return data, address
+
+
+REPLIES = ReplyBuffers(keep=4)

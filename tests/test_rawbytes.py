@@ -60,3 +60,61 @@ def test_join_of_a_bytes_subclass_does_not_take_its_address() -> None:
 
     block = Tagged(os.urandom(100_000))
     assert rawbytes.join([(block, 5, 99_000)]) == bytes(block)[5:99_000]
+
+
+def test_a_reply_nothing_holds_is_reused_with_its_new_bytes_and_no_stale_hash() -> None:
+    replies = rawbytes.ReplyBuffers(keep=2)
+    first, address = replies.take(100_000)
+    ctypes.memmove(address, b"a" * 100_000, 100_000)
+    hash(first)  # cached in the object: a reuse must not keep it
+    first_id = id(first)
+    del first
+    again, address = replies.take(100_000)
+    ctypes.memmove(address, b"b" * 100_000, 100_000)
+    assert id(again) == first_id
+    assert replies.reused == 1
+    assert again == b"b" * 100_000
+    assert hash(again) == hash(b"b" * 100_000)
+    assert {again: 1}[b"b" * 100_000] == 1
+
+
+def test_a_reply_still_held_is_never_written_again() -> None:
+    """A reply in flight, a view of it or a reader's reference: each keeps its bytes."""
+    replies = rawbytes.ReplyBuffers(keep=4)
+    held, address = replies.take(70_000)
+    ctypes.memmove(address, b"x" * 70_000, 70_000)
+    view_of, address = replies.take(70_000)
+    ctypes.memmove(address, b"y" * 70_000, 70_000)
+    view = memoryview(view_of)
+    del view_of
+    third, address = replies.take(70_000)
+    ctypes.memmove(address, b"z" * 70_000, 70_000)
+    assert third is not held
+    assert third is not view.obj
+    assert held == b"x" * 70_000
+    assert bytes(view) == b"y" * 70_000
+    assert replies.reused == 0
+
+
+def test_reply_buffers_keep_at_most_their_bound_and_give_up_free_ones_of_other_sizes() -> None:
+    replies = rawbytes.ReplyBuffers(keep=2)
+    a, _ = replies.take(80_000)
+    b, _ = replies.take(90_000)
+    c, _ = replies.take(100_000)  # no room, none free: not kept
+    assert len(replies.buffers) == 2
+    assert all(buffer is not c for buffer in replies.buffers)
+    del a
+    d, _ = replies.take(110_000)  # a's slot is free: d takes it
+    assert len(replies.buffers) == 2
+    assert any(buffer is d for buffer in replies.buffers)
+    assert any(buffer is b for buffer in replies.buffers)
+
+
+def test_join_reuses_a_reply_once_it_is_dropped() -> None:
+    block = os.urandom(300_000)
+    before = rawbytes.REPLIES.reused
+    first = rawbytes.join([(block, 0, 200_000)])
+    del first
+    second = rawbytes.join([(block, 100_000, 300_000)])
+    assert second == block[100_000:300_000]
+    assert rawbytes.REPLIES.reused == before + 1
