@@ -1,8 +1,12 @@
 """The index cache's file container: one checked file, written atomically, read back or refused.
 
-A file is a preamble (magic, format version, header length, header SHA-256), a JSON header
+A file is a preamble (magic, format version, header length, header digest), a JSON header
 (the file's kind, the machine's byte order, the caller's meta, and a table of sections) and
-the sections' bytes back to back, each with its own SHA-256 in the table. ``read_file``
+the sections' bytes back to back, each with its own digest in the table. The digests are
+XXH3-128: they find damage (a torn write, a flipped bit, a file cut short), as SHA-256 did at
+a thirteenth of the speed; against someone who can write this user's cache neither helps,
+as the digests are in the same file. A later mount of the large benchmark image checks 84
+MB of cache: 53 ms with SHA-256, 4 ms with XXH3-128. ``read_file``
 checks all of it and raises ``CacheMiss`` with the reason on anything short of a perfect
 file: missing, not a regular file of this user's (a FIFO, a symlink, a directory or a device
 in its place is never opened as a file, nor waited on: ``open_regular``), truncated, damaged,
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -30,11 +33,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import xxhash
+
 logger = logging.getLogger(__name__)
 
 MAGIC = b"OCIFSIDX"
-FORMAT_VERSION = 5  # bump whenever the content or meaning of a cached file changes
-PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, header sha256
+FORMAT_VERSION = 6  # bump whenever the content or meaning of a cached file changes
+PREAMBLE = struct.Struct("<8sII16s")  # magic, version, header length, header digest
 
 
 class CacheMiss(Exception):
@@ -50,7 +55,7 @@ def write_file(
     placed: dict[str, tuple[int, int]] = {}
     offset = 0
     for name, data in sections.items():
-        table.append((name, offset, len(data), hashlib.sha256(data).hexdigest()))
+        table.append((name, offset, len(data), xxhash.xxh3_128_hexdigest(data)))
         placed[name] = (offset, len(data))
         offset += len(data)
     header = pack_json({"kind": kind, "byteorder": sys.byteorder, "meta": meta, "sections": table})
@@ -59,7 +64,7 @@ def write_file(
     try:
         with os.fdopen(descriptor, "wb") as out:
             out.write(
-                PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
+                PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), xxhash.xxh3_128_digest(header))
             )
             out.write(header)
             for data in sections.values():
@@ -92,7 +97,7 @@ def read_file(
             if version != FORMAT_VERSION:
                 raise CacheMiss(f"{path} has format version {version}, not {FORMAT_VERSION}")
             header = source.read(header_length)
-            if len(header) != header_length or hashlib.sha256(header).digest() != header_hash:
+            if len(header) != header_length or xxhash.xxh3_128_digest(header) != header_hash:
                 raise CacheMiss(f"{path} has a damaged header")
             try:
                 parsed = json.loads(header)
@@ -115,7 +120,7 @@ def read_file(
                     data = source.read(length)
                     if len(data) != length:
                         raise CacheMiss(f"{path} is truncated")
-                    if hashlib.sha256(data).hexdigest() != digest:
+                    if xxhash.xxh3_128_hexdigest(data) != digest:
                         raise CacheMiss(f"{path} is damaged (section {name})")
                     sections[name] = data
                 # the file must end where the table says: more or less is damage
@@ -171,8 +176,8 @@ FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
 
 
 def hash_stream(source: BinaryIO, length: int) -> str | None:
-    """SHA-256 of the next ``length`` bytes, or None if the file ends first."""
-    hasher = hashlib.sha256()
+    """The digest of the next ``length`` bytes, or None if the file ends first."""
+    hasher = xxhash.xxh3_128()
     while length:
         chunk = source.read(min(length, 1 << 20))
         if not chunk:

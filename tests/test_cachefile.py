@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-import hashlib
 import json
 import os
 import re
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import xxhash
 from impostors import KINDS, no_hang, put_in_place
 
 from ocifs.cachefile import (
@@ -54,7 +54,7 @@ def header_length(data: bytes) -> int:
 
 def raw_file(path: Path, header: bytes, body: bytes = b"", version: int = FORMAT_VERSION) -> None:
     """A file with a correct preamble around whatever header and body a test wants."""
-    preamble = PREAMBLE.pack(MAGIC, version, len(header), hashlib.sha256(header).digest())
+    preamble = PREAMBLE.pack(MAGIC, version, len(header), xxhash.xxh3_128_digest(header))
     path.write_bytes(preamble + header + body)
 
 
@@ -76,7 +76,7 @@ def test_header_is_compact_json_with_kind_and_byte_order(tmp_path: Path) -> None
     data = written(tmp_path).read_bytes()
     magic, version, length, digest = PREAMBLE.unpack(data[: PREAMBLE.size])
     header = data[PREAMBLE.size : PREAMBLE.size + length]
-    assert (magic, version, digest) == (MAGIC, FORMAT_VERSION, hashlib.sha256(header).digest())
+    assert (magic, version, digest) == (MAGIC, FORMAT_VERSION, xxhash.xxh3_128_digest(header))
     parsed = json.loads(header)
     assert (parsed["kind"], parsed["byteorder"], parsed["meta"]) == ("thing", sys.byteorder, META)
     assert [name for name, *_ in parsed["sections"]] == list(SECTIONS)

@@ -363,10 +363,11 @@ def test_windows_stay_on_disk_and_damage_under_a_live_mount_fails_only_the_read(
 # a symlink's or a device's entry), not only of regular files (-1 before), for -o provenance;
 # the layer file changed only in its version field. Version 5: access ACLs are stored as the
 # engines' chmod leaves them (so old caches hold the tar's raw ACLs); only the version fields
-# changed. If these change, so must FORMAT_VERSION,
+# changed. Version 6: the preamble's and the sections' digests are XXH3-128 (16 bytes in the
+# preamble, 32 hex digits in the table), not SHA-256. If these change, so must FORMAT_VERSION,
 # or old caches are misread.
-FIXED_LAYER_FILE_SHA256 = "3929df8a2bf8192e84ec3dd7f01346e93a7dfb99043ad158d90b2b6d4f61373d"
-FIXED_TREE_FILE_SHA256 = "86f18d8e758a849c394439ad4ea5d2f911de9f5ae8f3b3130531be3553022797"
+FIXED_LAYER_FILE_SHA256 = "dfe5e9e9c70764b19ecb745ff03bf19434c9aa367efaa3763b690e4a0d481961"
+FIXED_TREE_FILE_SHA256 = "d4cf275ee28bd6bf9bab6b64c507d8242e0850539d52a1f30c525d21e5d5e7a5"
 FIXED_MTIME_NS = 1_700_000_000_123_456_789
 
 
