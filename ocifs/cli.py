@@ -24,11 +24,9 @@ from pathlib import Path
 from . import __version__, daemonlog, inspectview
 from .apart import ChildFailed, run_apart
 from .blockcache import BLOCK_CACHE_BYTES
-from .diffreport import json_text, text_lines
 from .errors import OcifsError, show
 from .image import Image, LoadReport, load_image, tree_is_cached
 from .imagearg import resolve_arg
-from .imagediff import diff_images
 from .indexcache import IndexCache, default_cache_dir
 from .layout import Platform, ResolvedImage
 from .mountinfo import unescape_mount_path
@@ -318,6 +316,9 @@ def index(args: argparse.Namespace) -> int:
 def compare(args: argparse.Namespace) -> int:
     """``ocifs diff A B``: load both (the second finds the layers they share in the cache),
     compare, print; 0 if equal, 1 if not."""
+    from .diffreport import json_text, text_lines  # imported by this command alone
+    from .imagediff import diff_images
+
     images: list[Image] = []
     try:
         for arg in (args.a, args.b):

@@ -16,14 +16,16 @@ import logging
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .accounting import Accounting
 from .errors import OcifsError
 from .indexcache import IndexCache, default_cache_dir
-from .inspect import CatalogEntry, ImageInfo, Inspection, inspect_arg
 from .layout import Platform
 from .progress import TerminalProgress
+
+if TYPE_CHECKING:  # every command builds the parser, which needs only add_arguments
+    from .accounting import Accounting
+    from .inspect import CatalogEntry, ImageInfo, Inspection
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +372,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``ocifs inspect``: gather (indexing what the cache lacks, with progress on a
     terminal), then print the table or the JSON."""
+    from .inspect import inspect_arg
+
     if args.top < 0:
         raise OcifsError(f"--top must be at least 0, not {args.top}")
     platform = Platform.parse(args.platform) if args.platform else None
