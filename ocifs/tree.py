@@ -113,6 +113,12 @@ def split_path(raw: bytes) -> tuple[bytes, ...]:
     """Clean a tar name into rootfs-relative components (P1), refusing escapes (P2, P3)."""
     if b"\0" in raw:
         raise MergeError(f"path {show(raw)} contains a NUL byte")
+    # Most names are clean already ("usr/lib/x", a directory's with a "/" at the end): they
+    # split as they are, without a look at each component.
+    parts = raw.rstrip(b"/").split(b"/")
+    clean = b"" not in parts and b"." not in parts and b".." not in parts
+    if clean and max(map(len, parts)) <= NAME_MAX:
+        return tuple(parts)
     components: list[bytes] = []
     for component in raw.split(b"/"):
         if component in (b"", b"."):
@@ -138,6 +144,8 @@ class Whiteout:
 
 def classify_whiteout(components: tuple[bytes, ...], raw: bytes) -> Whiteout | bool | None:
     """Whiteout for a ``.wh.`` name, True for AUFS metadata to skip, None for an ordinary path."""
+    if WHITEOUT_PREFIX not in raw:  # no component can start with it
+        return None
     for position, component in enumerate(components):
         if not component.startswith(WHITEOUT_PREFIX):
             continue
@@ -159,6 +167,10 @@ class TreeBuilder:
 
     def __init__(self) -> None:
         self.root = implied_directory()
+        # The last directory ``_make_parents`` walked to, by its components: entries come
+        # directory by directory, so most find their parent here. Forgotten whenever a
+        # directory leaves the tree, which may be that one or one above it.
+        self.last_parent: tuple[tuple[bytes, ...], Node] | None = None
 
     def apply_layer(self, layer: int, entries: Iterable[TarEntry]) -> None:
         """Apply one layer's entries; raises MergeError naming the entry on a bad one."""
@@ -172,8 +184,10 @@ class TreeBuilder:
                 ordinary.append((components, entry))
             elif isinstance(whiteout, Whiteout):
                 self._apply_whiteout(whiteout)
+        self.last_parent = None  # whiteouts may have removed it
         for components, entry in ordinary:
             self._apply_entry(layer, components, entry)
+        self.last_parent = None
 
     # Phase one: whiteouts and opaque markers against the lower tree.
 
@@ -219,10 +233,15 @@ class TreeBuilder:
         else:
             node = new_leaf(layer, entry)
         if existing is not None:
+            if existing.is_dir:
+                self.last_parent = None
             drop(existing)  # replaced entirely, subtree and all (M2, M4, M7)
         parent.children[name] = node
 
     def _make_parents(self, components: tuple[bytes, ...], layer: int) -> Node:
+        last = self.last_parent
+        if last is not None and last[0] == components:
+            return last[1]
         directory = self.root
         for name in components:
             assert directory.children is not None
@@ -233,6 +252,7 @@ class TreeBuilder:
                 child = implied_directory(layer)
                 directory.children[name] = child
             directory = child
+        self.last_parent = (components, directory)
         return directory
 
     def _find(self, components: tuple[bytes, ...]) -> Node | None:
