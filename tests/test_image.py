@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import subprocess
 import threading
@@ -12,7 +13,8 @@ from layers import big_tar, blob_layer, image_of
 from tarbuild import f, make_tar
 
 from ocifs.errors import LayerError
-from ocifs.image import Image, load_image
+from ocifs.image import Image, LoadReport, collector_paused, index_layers, load_image
+from ocifs.layerindex import LayerIndex
 from ocifs.layerread import GzipLayerReader
 from ocifs.tree import Inode
 
@@ -110,3 +112,37 @@ def test_layers_share_the_image_pool_and_close_stops_it(tmp_path: Path) -> None:
     finally:
         image.close()
     assert not inflate_threads()
+
+
+def test_index_layers_hands_each_layer_over_in_order_and_keeps_what_it_gets_back(
+    tmp_path: Path,
+) -> None:
+    """The merge takes each layer as soon as it and those below are indexed (and keeps the
+    index without its entries): ``ready`` sees them in the layers' order, with entries."""
+    tars = [make_tar([f(f"file{n}", b"x" * n)]) for n in range(3)]
+    refs = image_of([blob_layer(tmp_path, tar, "gzip", n) for n, tar in enumerate(tars)]).layers
+    seen: list[tuple[int, int]] = []
+
+    def ready(number: int, index: LayerIndex) -> LayerIndex:
+        assert index.entries is not None
+        seen.append((number, len(index.entries)))
+        return index.without_entries()
+
+    indexes = index_layers(refs, True, None, 3, None, 1 << 20, LoadReport(), None, ready=ready)
+    assert seen == [(0, 1), (1, 1), (2, 1)]
+    assert all(index.entries is None for index in indexes)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_off_while_an_image_loads_and_as_it_was_after(enabled: bool) -> None:
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled() == enabled
+        with pytest.raises(ValueError), collector_paused():
+            raise ValueError("a failed load")
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable() if was else gc.disable()

@@ -465,3 +465,52 @@ def test_show_keeps_a_name_on_one_short_line(value: object, shown: str) -> None:
     """How every message quotes a name or value from the image (errors.show)."""
     assert show(value).startswith(shown), show(value)
     assert "\n" not in show(value) and len(show(value)) < 140
+
+
+def test_m4_m9_a_directory_replaced_in_its_own_layer_is_not_reused_as_a_parent() -> None:
+    """The builder remembers the last parent it walked to; a directory that leaves the tree
+    (replaced by a file, M4) must not be taken for the parent of the entries after it, which
+    get a new implied directory instead (M9)."""
+    tree = merge(
+        [d("a"), d("a/b"), f("a/b/c", b"old"), f("a/b", b"file"), f("a/b/d", b"new")],
+    )
+    assert paths(tree) == {"a", "a/b", "a/b/d"}
+    assert stat.S_ISDIR(node(tree, "a/b").mode)
+    assert node(tree, "a/b/d").size == 3
+
+
+def test_m2_a_lower_directory_replaced_above_takes_later_entries_into_the_new_one() -> None:
+    tree = merge(
+        [d("x"), d("x/y"), f("x/y/old", b"1")],
+        [f("x/y/first", b"2"), sym("x/y", "elsewhere"), f("x/y/again", b"3")],
+    )
+    assert paths(tree) == {"x", "x/y", "x/y/again"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"usr/lib/x", b"usr/lib/", b"./usr//lib/./x/", b"/abs/x", b"a/b/../c", b"a" * 255 + b"/b"],
+)
+def test_p1_split_path_gives_clean_components_by_either_path(raw: bytes) -> None:
+    """The quick split of clean names and the careful one agree."""
+    careful = [c for c in raw.split(b"/") if c not in (b"", b".")]
+    resolved: list[bytes] = []
+    for component in careful:
+        if component == b"..":
+            resolved.pop()
+        else:
+            resolved.append(component)
+    assert split_path(raw) == tuple(resolved)
+
+
+def test_p1_split_path_refuses_a_long_component_on_the_quick_path_too() -> None:
+    with pytest.raises(MergeError, match="longer than 255"):
+        split_path(b"usr/" + b"n" * 256)
+
+
+def test_w5_a_directory_whited_out_above_is_not_the_parent_of_what_that_layer_adds() -> None:
+    """The last parent walked to in one layer is forgotten before the next layer's entries:
+    its whiteouts may have removed it (W5: what comes back, comes back without its old
+    children)."""
+    tree = merge([d("p"), f("p/q", b"1")], [wh("p"), f("p/r", b"2")])
+    assert paths(tree) == {"p", "p/r"}
