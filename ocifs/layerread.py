@@ -215,6 +215,10 @@ class SeekableLayerReader:
         self.prefetcher = Prefetcher(
             layer, self.blob, points, cache, pool, self.open_cursor, blocks
         )
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Load what the cursors need (a library), so that the first read does not wait."""
 
     def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
         """A cursor of this compression at seek point ``index``."""
@@ -420,16 +424,7 @@ class SeekableLayerReader:
 class GzipLayerReader(SeekableLayerReader):
     """A gzip layer: cursors inflate from deflate block boundaries, with their windows."""
 
-    def __init__(
-        self,
-        layer: LayerRef,
-        points: SeekPoints,
-        cache: BlockCache,
-        pool: InflatePool | None = None,
-        blocks: BlockSums | None = None,
-        budget: CursorBudget | None = None,
-    ) -> None:
-        super().__init__(layer, points, cache, pool, blocks, budget)
+    def prepare(self) -> None:
         gzseek.cursor_class()  # the inflate library is loaded now, not by the first read
 
     def open_cursor(self, blob: BlobHandle, points: SeekPoints, index: int) -> Cursor:
