@@ -560,13 +560,7 @@ class GzipCursor:
         size = min(size, self.points.size - self.position)
         if size <= 0:
             return b""
-        if not rawbytes.LAYOUT_HOLDS:
-            buffer = ctypes.create_string_buffer(size)
-            self._inflate_into(ctypes.addressof(buffer), size)
-            return buffer.raw
-        out, address = rawbytes.new_bytes(size)
-        self._inflate_into(address, size)
-        return out
+        return rawbytes.filled(size, self._inflate_into)
 
     def skip(self, count: int) -> None:
         """Advance by ``count`` bytes (at most to the end) without keeping them."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _from_size = ctypes.pythonapi.PyBytes_FromStringAndSize
 _from_size.restype = ctypes.py_object
@@ -57,12 +57,24 @@ def new_bytes(size: int) -> tuple[bytes, int]:
     if size <= 0:
         raise ValueError("new_bytes needs a size above 0")  # b"" is a shared singleton
     data = _from_size(None, size)
-    return data, id(data) + DATA_OFFSET
+    return data, address(data)
 
 
 def address(data: bytes) -> int:
     """Where ``data``'s bytes are (only while it is alive: hold a reference)."""
     return id(data) + DATA_OFFSET
+
+
+def filled(size: int, fill: Callable[[int, int], None]) -> bytes:
+    """``size`` (> 0) bytes that ``fill(address, size)`` writes, in place where the layout
+    holds (no zeroing, no copy under the GIL), else into a buffer then copied."""
+    if not LAYOUT_HOLDS:
+        buffer = ctypes.create_string_buffer(size)
+        fill(ctypes.addressof(buffer), size)
+        return buffer.raw
+    out, target = new_bytes(size)
+    fill(target, size)
+    return out
 
 
 def join(pieces: Sequence[Piece]) -> bytes:
@@ -73,7 +85,7 @@ def join(pieces: Sequence[Piece]) -> bytes:
         return b"".join(memoryview(block)[start:end] for block, start, end in pieces)
     out, target = REPLIES.take(total)
     for block, start, end in pieces:
-        ctypes.memmove(target, id(block) + DATA_OFFSET + start, end - start)
+        ctypes.memmove(target, address(block) + start, end - start)
         target += end - start
     return out
 
@@ -107,14 +119,14 @@ class ReplyBuffers:
                     buffer = self.buffers[index]
                     ctypes.c_ssize_t.from_address(id(buffer) + HASH_OFFSET).value = -1
                     self.reused += 1
-                    return buffer, id(buffer) + DATA_OFFSET
+                    return buffer, address(buffer)
                 free_elsewhere = index
-            data, address = new_bytes(size)
+            data, target = new_bytes(size)
             if len(self.buffers) < self.keep:
                 self.buffers.append(data)
             elif free_elsewhere is not None:
                 self.buffers[free_elsewhere] = data
-            return data, address
+            return data, target
 
 
 REPLIES = ReplyBuffers(keep=4)

@@ -666,13 +666,7 @@ class ZstdCursor:
         size = min(size, self.points.size - self.position)
         if size <= 0:
             return b""
-        if not rawbytes.LAYOUT_HOLDS:
-            address = self._buffer(size)
-            self._decode_into(address, size)
-            return ctypes.string_at(address, size)
-        out, address = rawbytes.new_bytes(size)  # decoded in place: no copy under the GIL
-        self._decode_into(address, size)
-        return out
+        return rawbytes.filled(size, self._decode_into)
 
     def skip(self, count: int) -> None:
         """Advance by ``count`` bytes (at most to the end) without keeping them."""
@@ -684,8 +678,7 @@ class ZstdCursor:
             count -= step
 
     def _buffer(self, size: int) -> int:
-        """The address of a buffer of at least ``size`` bytes, kept for the next read (one
-        copy out of it, no zero-filling)."""
+        """The address of a buffer of at least ``size`` bytes, kept for the next skip."""
         if self.scratch is None or len(self.scratch) < size:
             self.scratch = ctypes.create_string_buffer(max(size, SCRATCH_SIZE))
         return ctypes.addressof(self.scratch)
