@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import isal
@@ -262,10 +260,7 @@ class IsalGzipIndexer(GzipIndexer):
         else:
             before = self.history[len(self.history) - (length - out_end) :]
             window = before + ctypes.string_at(self.out_address, out_end)
-        if self.compressor is None:
-            self.compressor = ThreadPoolExecutor(1, thread_name_prefix="gzseek-window")
-        future = self.compressor.submit(zlib.compress, window, 1)
-        self._add_point(produced, compressed, bits, future)
+        self._add_point(produced, compressed, bits, self._compress_window(window))
         return True
 
     def _restart(self, inflater: Any, header: int) -> None:
