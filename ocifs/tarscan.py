@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import stat
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
@@ -143,6 +144,16 @@ _OCTAL_DIGITS = b"01234567"
 _OCTAL_FIELD_BYTES = b"01234567 \x00"  # all a plain octal field may hold
 _DECIMAL_DIGITS = b"0123456789"
 _LOW_BYTES = bytes(range(128))
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte header's bytes, as ``sum(block)``, a fifth of its time (the
+    scanner's most frequent call): Adler-32's first half is 1 plus the sum of the bytes
+    modulo 65521, exact for 256 bytes or fewer (at most 65,280)."""
+    view = memoryview(block)
+    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
+
+
 _USTAR_MAGIC = b"ustar\x00"
 _GNU_MAGIC = b"ustar  \x00"  # magic "ustar " and version " \0"
 _STAR_TRAILER = b"tar\x00"
@@ -463,7 +474,7 @@ class _Scanner:
                 self.fail("bad header checksum field", offset)
             if not field.strip(b"\x00 "):
                 self.fail("empty header checksum field", offset)
-        unsigned = sum(block) - sum(field) + 8 * 32
+        unsigned = _byte_sum(block) - sum(field) + 8 * 32
         if stored == unsigned:
             return
         high = len(block.translate(None, _LOW_BYTES)) - len(field.translate(None, _LOW_BYTES))

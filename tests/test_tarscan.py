@@ -635,6 +635,16 @@ def test_signed_checksum_accepted() -> None:
     assert entry.path == b"\xe9\xe9\xff"
 
 
+def test_header_byte_sum_is_exact() -> None:
+    """The scanner sums a header through Adler-32 in two halves: the same sum as ``sum``
+    for every byte value, at both extremes and for random blocks (B4's checksum)."""
+    rng = random.Random(11)
+    blocks = [bytes(512), b"\xff" * 512, b"\x01" * 512, b"\xff" * 256 + bytes(256)]
+    blocks += [rng.randbytes(512) for _ in range(200)]
+    for block in blocks:
+        assert tarscan._byte_sum(block) == sum(block)
+
+
 # -- tar streams as the engines read them (T1, T2) -----------------------------------------
 # Go's archive/tar (containerd, Docker, podman, umoci) ends an archive normally at the end of
 # input at a header boundary, inside a member's padding (tryReadFull returns io.EOF), after
