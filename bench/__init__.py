@@ -64,11 +64,12 @@ The modules, one job each: ``steps`` (commands, progress, failed steps), ``forma
 differs between the image formats), ``images`` (building and deriving the images),
 ``zstdframes`` (what a zstd writer wrote), ``tools`` (the commands compared, their versions),
 ``probes`` (the things timed), ``measure`` (the steps for each tool, cold caches), ``report``
-(the table, the text, --json), ``__main__`` (the options and the run). Five measurements stand
+(the table, the text, --json), ``__main__`` (the options and the run). Six measurements stand
 apart from the run, each with its own command line: ``imagediff`` (``ocifs diff`` of two images
 sharing a base against ``diff -rq`` over mounts and unpacked trees), ``zstdbinding`` (the zstd
 bindings ocifs could use: speed, the GIL, frame ends), ``zstdreads`` (random 4 KiB reads of
 zstd layers through a mount), ``blockcheck`` (the sums ocifs could check its blocks with:
-speed, the GIL, their cost per block read and in the indexing pass) and ``checkprofile`` (the
-block checks' share of the daemon's time in a profile of a cold read).
+speed, the GIL, their cost per block read and in the indexing pass), ``checkprofile`` (the
+block checks' share of the daemon's time in a profile of a cold read) and ``windows`` (what
+the seek points' windows could be compressed with).
 """
