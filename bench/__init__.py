@@ -41,7 +41,8 @@ Then, for each image, the same steps for every tool (ocifs, ratarmount, umoci/un
 * ``find MNT | wc -l`` on the fresh first mount, then ``lstat`` of every entry (os.scandir
   walk), against the same on the unpacked tree on local disk (the floor);
 * per big file (debian: both 64 MiB files; large: its largest regular file): on a fresh mount
-  a cold sequential read (1 MiB reads) and a second one, in MB/s; on another fresh mount 300
+  a cold sequential read (1 MiB reads) and a second one, in MB/s (for ocifs and ratarmount the
+  median of three fresh mounts in turn: one cold read swings by a third); on another fresh mount 300
   random 4 KiB preads at seeded 4 KiB-aligned offsets (the same for every tool, under
   POSIX_FADV_RANDOM), median and p99 in ms.
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from .formats import Check, format_of
 from .images import MIB, Image
+from .measure import SEQ_ROUNDS
 from .steps import Cell
 from .tools import Contenders
 
@@ -350,7 +351,8 @@ def legend_lines(contenders: Contenders, images: dict[str, Image] | None = None)
         f"floor: {floors}, of every blob one after the other, for the first mount; otherwise "
         "the same step on the umoci-unpacked tree on local disk.",
         "find and lstat run on the fresh first mount; each file's sequential and random reads "
-        "on a fresh later mount of their own; "
+        "on a fresh later mount of their own (the FUSE tools' sequential reads: the median of "
+        f"{SEQ_ROUNDS} such mounts in turn); "
         + (
             "ocifs later mounts use the first mount's --cache-dir."
             if contenders.ocifs_cached

@@ -32,10 +32,13 @@ from bench.images import (
     prepare_image,
 )
 from bench.measure import (
+    SEQ_ROUNDS,
     FuseTool,
     file_keys,
     first_mount_floor,
+    keep_round,
     measure_image,
+    median_of_rounds,
     percentile,
     run_fuse_tool,
     run_unpacked,
@@ -834,6 +837,25 @@ def test_keep_unpacked_reuses_the_tree_of_the_same_blobs_only(
     assert not marker.exists()
     run_unpacked(tiny, tmp_path)
     assert not bundle.exists()  # without --keep-unpacked the tree goes, as before
+
+
+def test_a_cold_read_is_the_median_of_its_rounds() -> None:
+    """Each round's figure is kept (for --json) and the median is the table's; one failed
+    round's cell stands for the figure, as a single failed read did."""
+    key, other = "seq_cold_mb_s:f", "random_median_ms:f"
+    out: dict[str, Cell] = {}
+    for value in (500.0, 300.0, 400.0):
+        out[key], out[other] = value, 0.5
+        keep_round(out, [key, other])
+    assert out[f"{key}_rounds"] == [500.0, 300.0, 400.0] and f"{other}_rounds" not in out
+    assert median_of_rounds(out, key) == 400.0
+    assert median_of_rounds(out, other) == 0.5  # not read in rounds: as it was
+    failed: dict[str, Cell] = {}
+    for value in (500.0, "failed: read 3 bytes of 9", 400.0):
+        failed[key] = value
+        keep_round(failed, [key])
+    assert median_of_rounds(failed, key) == "failed: read 3 bytes of 9"
+    assert SEQ_ROUNDS >= 3  # a median of fewer says no more than one read
 
 
 def test_a_mount_that_fails_leaves_one_line_cells(
