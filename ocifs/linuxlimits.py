@@ -17,8 +17,9 @@ attribute) rather than serve what a read of the mount would then fail on.
   lsetxattr refuses it: EINVAL), an empty one or one over XATTR_NAME_MAX (255 bytes: ERANGE),
   a value over XATTR_SIZE_MAX (65536 bytes: E2BIG), an ACL (``system.posix_acl_access``,
   ``system.posix_acl_default``) that posix_acl_from_xattr and posix_acl_valid refuse, a
-  ``security.capability`` that is not a v2 or v3 ``vfs_cap_data`` (EINVAL; an empty value is
-  stored as it is), a ``user.*`` attribute on what is not a regular file or a directory
+  ``security.capability`` that is not a v2 or v3 ``vfs_cap_data`` (EINVAL; an empty value
+  too, as Linux 6.18.44 refuses it: earlier kernels stored it as it was, so there the engines
+  kept it, and ocifs takes the newer, stricter verdict), a ``user.*`` attribute on what is not a regular file or a directory
   (EPERM), a namespace prefix with no name after it (EINVAL). containerd, Docker and podman
   leave out an attribute whose setxattr fails with ENOTSUP and fail the layer on any other
   error; ENOTSUP is what a name outside the namespaces Linux has handlers for gets
@@ -229,8 +230,6 @@ def _acl_order_problem(entries: list[tuple[int, int, int]]) -> str | None:
 
 def capability_problem(value: bytes, file_type: int, default: bool) -> tuple[str, bool] | None:
     """What setxattr makes of a ``security.capability`` value (cap_convert_nscap's checks)."""
-    if not value:
-        return None  # the kernel converts only a non-empty value: an empty one is stored
     revision = CAP_REVISIONS.get(len(value))
     magic = int.from_bytes(value[:4], "little") if len(value) >= 4 else None
     if revision is None or magic is None or magic & ~CAP_FLAGS_EFFECTIVE != revision:
