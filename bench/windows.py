@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import threading
 import time
@@ -54,7 +55,8 @@ def candidates() -> dict[str, Codec | str]:
     else:
         found["zlib-ng level 1"] = (lambda w: zlib_ng.compress(w, 1), zlib.decompress)
     try:
-        import zstandard
+        # Through importlib: an optional extra, typed or not where it is installed.
+        zstandard: Any = importlib.import_module("zstandard")
     except ImportError as error:
         found["zstd"] = f"not installed ({error})"
     else:
@@ -62,10 +64,12 @@ def candidates() -> dict[str, Codec | str]:
         def zstd_codec(level: int) -> Codec:
             # A compressor per call: one is not for two threads at once.
             def compress(window: bytes) -> bytes:
-                return zstandard.ZstdCompressor(level=level).compress(window)
+                packed: bytes = zstandard.ZstdCompressor(level=level).compress(window)
+                return packed
 
             def decompress(data: bytes) -> bytes:
-                return zstandard.ZstdDecompressor().decompress(data)
+                window: bytes = zstandard.ZstdDecompressor().decompress(data)
+                return window
 
             return compress, decompress
 
