@@ -18,13 +18,14 @@ attribute) rather than serve what a read of the mount would then fail on.
   a value over XATTR_SIZE_MAX (65536 bytes: E2BIG), an ACL (``system.posix_acl_access``,
   ``system.posix_acl_default``) that posix_acl_from_xattr and posix_acl_valid refuse, a
   ``security.capability`` that is not a v2 or v3 ``vfs_cap_data`` (EINVAL; an empty value
-  too, as Linux 6.18.44 refuses it: earlier kernels stored it as it was, so there the engines
-  kept it, and ocifs takes the newer, stricter verdict), a ``user.*`` attribute on what is not a regular file or a directory
-  (EPERM), a namespace prefix with no name after it (EINVAL). containerd, Docker and podman
-  leave out an attribute whose setxattr fails with ENOTSUP and fail the layer on any other
-  error; ENOTSUP is what a name outside the namespaces Linux has handlers for gets
-  (``user.``, ``trusted.``, ``security.``, and of ``system.`` the two ACLs), and an ACL of
-  another version than 2 or on a symlink. Those are left out here too, with a warning.
+  too, as Linux 6.18.44 refuses it: an earlier 6.18 build stored it as it was, so there the
+  engines kept it, and ocifs takes the newer, stricter verdict), a ``user.*`` attribute on
+  what is not a regular file or a directory (EPERM), a namespace prefix with no name after
+  it (EINVAL). containerd, Docker and podman leave out an attribute whose setxattr fails
+  with ENOTSUP and fail the layer on any other error; ENOTSUP is what a name outside the
+  namespaces Linux has handlers for gets (``user.``, ``trusted.``, ``security.``, and of
+  ``system.`` the two ACLs), and an ACL of another version than 2 or on a symlink. Those are
+  left out here too, with a warning.
   So is an ACL with no entries (an empty value, or the 4-byte version header alone): setxattr
   takes it as "remove the ACL" and succeeds, so the engine's file has no such attribute.
   Seen on this project's host (Linux 6.18, ext4 and tmpfs): ``setfattr -n
