@@ -276,7 +276,7 @@ def run_fuse_tool(tool: FuseTool, image: Image, mounter: Mounter) -> dict[str, C
                 finally:
                     mounter.unmount()
             if kind == "seq":
-                keep_round(out, keys)
+                keep_round(out, file_keys([file], SEQ_KINDS))
         for key in file_keys([file], SEQ_KINDS):
             out[key] = median_of_rounds(out, key)
     return out
@@ -292,8 +292,6 @@ def keep_round(out: dict[str, Cell], keys: list[str]) -> None:
     """Add this round's sequential figures to their lists of rounds; a failed round's cell
     (a string) is kept apart and stands for them all."""
     for key in keys:
-        if not key.startswith("seq_"):
-            continue
         value = out.get(key)
         rounds = out.setdefault(f"{key}_rounds", [])
         assert isinstance(rounds, list)

@@ -145,15 +145,6 @@ _OCTAL_FIELD_BYTES = b"01234567 \x00"  # all a plain octal field may hold
 _DECIMAL_DIGITS = b"0123456789"
 _LOW_BYTES = bytes(range(128))
 
-
-def _byte_sum(block: bytes) -> int:
-    """The sum of a 512-byte header's bytes, as ``sum(block)``, a fifth of its time (the
-    scanner's most frequent call): Adler-32's first half is 1 plus the sum of the bytes
-    modulo 65521, exact for 256 bytes or fewer (at most 65,280)."""
-    view = memoryview(block)
-    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
-
-
 _USTAR_MAGIC = b"ustar\x00"
 _GNU_MAGIC = b"ustar  \x00"  # magic "ustar " and version " \0"
 _STAR_TRAILER = b"tar\x00"
@@ -168,6 +159,14 @@ _GNU_SPARSE_OFFSET = b"GNU.sparse.offset"
 _GNU_SPARSE_NUMBYTES = b"GNU.sparse.numbytes"
 # PAX keys whose value may hold no NUL (Go's validPAXRecord; other values are binary).
 _NO_NUL_VALUES = frozenset((b"path", b"linkpath", b"uname", b"gname"))
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte header's bytes, as ``sum(block)``, a fifth of its time (the
+    scanner's most frequent call): Adler-32's first half is 1 plus the sum of the bytes
+    modulo 65521, exact for 256 bytes or fewer (at most 65,280)."""
+    view = memoryview(block)
+    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
 
 
 def _pad(size: int) -> int:
